@@ -1,0 +1,1 @@
+"""Attention math of the pack: plain torch, no ComfyUI import. Each function names its equation."""

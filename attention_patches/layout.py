@@ -1,0 +1,61 @@
+"""Guidance-chunk arithmetic: which rows of an attention batch are references and which are guided.
+
+ComfyUI concatenates guidance chunks (positive / negative branches, see ``cond_or_uncond``) along the
+batch axis; each chunk is the whole latent batch. Within every chunk some rows are references (RefDrop's
+first N images, or the reference frame of a video) and the others are guided toward them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Rows of one attention call: ``chunks`` chunks of ``rows_per_chunk`` rows each.
+
+    ``reference_rows`` are indices inside a chunk; every other row is guided. ``guided_segments`` lists
+    the guided rows as contiguous [start, stop) runs, so that they can be addressed as views (no copies).
+    """
+
+    chunks: int
+    rows_per_chunk: int
+    reference_rows: tuple[int, ...]
+
+    @property
+    def guided_segments(self) -> tuple[tuple[int, int], ...]:
+        segments, start = [], 0
+        for ref in sorted(self.reference_rows):
+            if ref > start:
+                segments.append((start, ref))
+            start = ref + 1
+        if start < self.rows_per_chunk:
+            segments.append((start, self.rows_per_chunk))
+        return tuple(segments)
+
+    @property
+    def guided_rows_per_chunk(self) -> int:
+        return self.rows_per_chunk - len(self.reference_rows)
+
+
+def chunk_layout(batch_rows: int, chunk_count: int, reference_rows: tuple[int, ...]) -> ChunkLayout | None:
+    """The layout of ``batch_rows`` rows split into ``chunk_count`` equal chunks, or None if they do not split.
+
+    A reference row index past the end of a chunk is an error the caller reports (too few images).
+    """
+    if chunk_count <= 0 or batch_rows % chunk_count != 0:
+        return None
+    return ChunkLayout(chunk_count, batch_rows // chunk_count, tuple(reference_rows))
+
+
+def chunk_rows(x: torch.Tensor, layout: ChunkLayout, start: int, stop: int) -> torch.Tensor:
+    """A view of rows [start, stop) of every chunk of ``x`` (B, N, C), folded to (chunks, (stop-start)*N, C).
+
+    Attention treats every query independently, so folding several rows' tokens into one sequence that
+    attends to the same keys computes exactly the per-row attention, without expanding K/V.
+    """
+    tokens, width = x.shape[1], x.shape[2]
+    per_chunk = x.view(layout.chunks, layout.rows_per_chunk * tokens, width)
+    return per_chunk[:, start * tokens : stop * tokens]

@@ -1,0 +1,140 @@
+"""The attn1 replace object that runs RefDrop's reference feature guidance inside a ComfyUI UNet."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import comfy.ldm.modules.attention as comfy_attention
+
+from ..attention_patches.layout import ChunkLayout, chunk_layout
+from ..attention_patches.rfg import reference_feature_guidance_
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefDropSettings:
+    """What one Apply RefDrop node asks for: one coefficient per reference row of each guidance chunk."""
+
+    reference_rows: tuple[int, ...]
+    coefficients: tuple[float, ...]
+    node_name: str = "Apply RefDrop"
+    sigma_range: tuple[float, float] | None = None  # (sigma_start, sigma_end), inclusive; None = every step
+
+    def active_at(self, extra_options: dict) -> bool:
+        if self.sigma_range is None:
+            return True
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.detach().flatten()[0])
+        start, end = self.sigma_range
+        return start >= sigma >= end
+
+
+class FallbackNotice:
+    """Logs the 'layout not understood, plain attention used' warning once per patched model."""
+
+    def __init__(self, node_name: str):
+        self.node_name = node_name
+        self.reported = False
+
+    def report(self, reason: str) -> None:
+        if not self.reported:
+            self.reported = True
+            logger.warning(
+                "%s: %s; this attention call ran as plain self-attention (another patch, e.g. HyperTile, "
+                "changed the batch or token layout). RefDrop stays active wherever the layout is intact.",
+                self.node_name,
+                reason,
+            )
+
+
+def plain_attention(q, k, v, extra_options):
+    """Self-attention as ComfyUI's CrossAttention computes it: the user's attention backend and overrides."""
+    return comfy_attention.optimized_attention(
+        q,
+        k,
+        v,
+        heads=extra_options["n_heads"],
+        attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options,
+    )
+
+
+class RefDropAttention:
+    """attn1 replace: inner self-attention (chained patch or plain) plus Eq. 7 on the guided rows.
+
+    ``inner`` is whatever replace patch was registered for this block before (SAG's middle-block patch, for
+    instance): it computes Attn(Q_i, K_i, V_i) for the whole batch, so it still sees what it expects.
+    Nothing is stored between calls.
+    """
+
+    def __init__(self, settings: RefDropSettings, notice: FallbackNotice, inner=None):
+        self.settings = settings
+        self.notice = notice
+        self.inner = inner
+
+    def __call__(self, q, k, v, extra_options):
+        inner = self.inner if self.inner is not None else plain_attention
+        out = inner(q, k, v, extra_options)
+        if not self.settings.active_at(extra_options):
+            return out
+        layout = self.layout(q, k, v, extra_options)
+        if layout is None:
+            return out
+
+        def attention(query, key, value):
+            return plain_attention(query, key, value, extra_options)
+
+        return reference_feature_guidance_(q, k, v, out, layout, self.settings.coefficients, attention)
+
+    def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
+        """The chunk layout of this call, or None (with one warning) when another patch reshaped it."""
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
+        activations = extra_options.get("activations_shape")
+        batch = q.shape[0]
+        if k.shape[0] != batch or v.shape[0] != batch or k.shape[1] != v.shape[1]:
+            self.notice.report(f"q/k/v batches differ ({batch}, {k.shape[0]}, {v.shape[0]})")
+            return None
+        if activations is not None and (activations[0] != batch or _tokens(activations) != q.shape[1]):
+            self.notice.report(f"attention input {tuple(q.shape[:2])} does not match the feature map {activations}")
+            return None
+        layout = chunk_layout(batch, chunks, self.settings.reference_rows)
+        if layout is None:
+            self.notice.report(f"{batch} rows do not split into {chunks} guidance chunks")
+            return None
+        references = self.settings.reference_rows
+        needed = max(max(references) + 1, len(references) + 1)
+        if layout.rows_per_chunk < needed:
+            raise ValueError(
+                f"{self.settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s), but "
+                f"{len(references)} reference(s) plus at least one image to guide need {needed}. Raise the "
+                f"latent's batch size (e.g. Empty Latent Image batch_size) to {needed} or more, or use fewer "
+                "references."
+            )
+        return layout
+
+    # --- ComfyUI patch protocol -------------------------------------------------------------------
+    def to(self, device_or_dtype):
+        if self.inner is not None and hasattr(self.inner, "to"):
+            return RefDropAttention(self.settings, self.notice, self.inner.to(device_or_dtype))
+        return self
+
+    def models(self):
+        return self.inner.models() if self.inner is not None and hasattr(self.inner, "models") else []
+
+    def cleanup(self):
+        if self.inner is not None and hasattr(self.inner, "cleanup"):
+            self.inner.cleanup()
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _tokens(activations_shape) -> int:
+    tokens = 1
+    for size in activations_shape[2:]:
+        tokens *= size
+    return tokens

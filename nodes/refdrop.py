@@ -1,0 +1,248 @@
+"""RefDrop image nodes: "Apply RefDrop" (reference feature guidance on SD1.x/SD2.x/SDXL) and per-image prompts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from comfy_api.latest import io
+
+from ..comfy_patches import model_blocks
+from ..comfy_patches.refdrop_patch import FallbackNotice, RefDropAttention, RefDropSettings
+
+CATEGORY = "RefDrop"
+
+
+def parse_strengths(text: str) -> list[float]:
+    """'0.3, 0.2' -> [0.3, 0.2]; commas, semicolons or whitespace separate values."""
+    parts = [p for p in text.replace(";", ",").replace("\n", ",").split(",")]
+    values = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"reference_strengths: {part!r} is not a number (expected e.g. '0.3, 0.2')") from None
+        if not math.isfinite(value):
+            raise ValueError(f"reference_strengths: {part!r} is not a finite number")
+        values.append(value)
+    return values
+
+
+def parse_block_names(text: str) -> list[str]:
+    """'output 0, input 8' -> ['output 0', 'input 8'] (normalised spacing and case)."""
+    names = []
+    for part in text.replace(";", ",").replace("\n", ",").split(","):
+        words = part.strip().lower().replace("_", " ").split()
+        if words:
+            names.append(" ".join(words))
+    return names
+
+
+def coefficients_for(strength: float, reference_count: int, reference_strengths: str) -> list[float]:
+    """One c_j per reference: the per-reference list when given (Eq. 7), else `strength` for each (Eq. 5)."""
+    if reference_strengths and reference_strengths.strip():
+        values = parse_strengths(reference_strengths)
+        if len(values) != reference_count:
+            raise ValueError(
+                f"reference_strengths has {len(values)} value(s) but reference_count is {reference_count}: give one "
+                f"strength per reference (e.g. '{', '.join(['0.3'] * reference_count)}') or clear the field to use "
+                "`strength` for every reference."
+            )
+        return values
+    return [strength] * reference_count
+
+
+def patch_self_attention(model, settings: RefDropSettings, blocks: list[model_blocks.TransformerBlock]):
+    """A clone of ``model`` with RefDrop on every attn1 of ``blocks``; chains replaces that were there."""
+    patched = model.clone()
+    notice = FallbackNotice(settings.node_name)
+    for block in blocks:
+        for key in block.keys():
+            inner = model_blocks.existing_replace(model, "attn1", key)
+            patched.set_model_attn1_replace(RefDropAttention(settings, notice, inner), *key)
+    return patched
+
+
+class ApplyRefDrop(io.ComfyNode):
+    """Reference Feature Guidance on every self-attention layer of an SD1.x / SD2.x / SDXL UNet."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyRefDrop",
+            display_name="Apply RefDrop",
+            category=CATEGORY,
+            description=(
+                "RefDrop (reference feature guidance, NeurIPS 2024): the first images of the latent batch are "
+                "references and every other image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
+                "(1-c)*Attn(Q, K, V). Positive strength: consistent characters/objects across the batch; "
+                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x and SDXL. "
+                "Each image can have its own prompt (RefDrop Prompt Batch)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Float.Input(
+                    "strength",
+                    default=0.3,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip=(
+                        "c of Eq. 5. Paper values: 0.3-0.4 for people, about 0.2 for toys/cartoons, -0.3 for more "
+                        "diversity (lower hurts quality). 0 leaves the model untouched."
+                    ),
+                ),
+                io.Int.Input(
+                    "reference_count",
+                    default=1,
+                    min=1,
+                    max=64,
+                    tooltip="The first N images of the latent batch are references; the batch needs at least N+1 images.",
+                ),
+                io.String.Input(
+                    "reference_strengths",
+                    default="",
+                    optional=True,
+                    tooltip=(
+                        "Optional: one strength per reference, e.g. '0.3, 0.3' to blend two references (Eq. 7; "
+                        "paper: 0.2-0.4 each). Overrides `strength`; must list exactly reference_count values."
+                    ),
+                ),
+                io.Boolean.Input(
+                    "skip_up1",
+                    default=False,
+                    tooltip=(
+                        "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
+                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
+                    ),
+                ),
+                io.String.Input(
+                    "exclude_blocks",
+                    default="",
+                    optional=True,
+                    tooltip=(
+                        "Optional: more blocks to leave untouched, in ComfyUI block names separated by commas, "
+                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5."
+                    ),
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with RefDrop applied (a clone; the input is unchanged).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, strength=0.3, reference_count=1, reference_strengths="", exclude_blocks="", **_):
+        try:
+            if isinstance(reference_count, int) and isinstance(reference_strengths, str):
+                coefficients_for(float(strength), reference_count, reference_strengths)
+            if isinstance(exclude_blocks, str):
+                parse_block_names(exclude_blocks)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(
+        cls, model, strength, reference_count, skip_up1, reference_strengths="", exclude_blocks=""
+    ) -> io.NodeOutput:
+        coefficients = coefficients_for(strength, reference_count, reference_strengths or "")
+        if model_blocks.is_video_model(model):
+            raise ValueError(
+                "Apply RefDrop is for image models (SD1.x, SD2.x, SDXL). This is a video model (Stable Video "
+                "Diffusion): use the 'SVD Temporal RefDrop' node instead, which guides only spatial attention."
+            )
+        blocks = model_blocks.transformer_blocks(model)
+        if not blocks:
+            raise ValueError(
+                f"Apply RefDrop supports SD1.x, SD2.x and SDXL UNet models; this model "
+                f"({type(model.model).__name__}) has no UNet transformer blocks to patch."
+            )
+        excluded = set(parse_block_names(exclude_blocks or ""))
+        valid = [block.label for block in blocks]
+        unknown = sorted(excluded - set(valid))
+        if unknown:
+            raise ValueError(
+                f"exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a transformer block of this model. "
+                f"Valid names: {', '.join(valid)}."
+            )
+        if skip_up1:
+            excluded.add(next(block.label for block in blocks if block.block_name == "output"))
+        if all(c == 0.0 for c in coefficients):
+            return io.NodeOutput(model.clone())
+        settings = RefDropSettings(tuple(range(reference_count)), tuple(coefficients))
+        return io.NodeOutput(patch_self_attention(model, settings, [b for b in blocks if b.label not in excluded]))
+
+
+def _lcm_tokens(lengths: list[int]) -> int:
+    result = 1
+    for length in lengths:
+        result = result * length // math.gcd(result, length)
+    return result
+
+
+def batch_conditioning(encoded: list[tuple[torch.Tensor, dict]]) -> list:
+    """Stack per-image (cond [1, L_i, C], extras) into one CONDITIONING with batch rows in order.
+
+    Prompts of different token lengths are repeated to the least common multiple of the lengths, as
+    ComfyUI does when it batches conditionings: repeating a whole key/value sequence leaves
+    cross-attention unchanged, so every row still sees exactly its own prompt.
+    """
+    target = _lcm_tokens([cond.shape[1] for cond, _ in encoded])
+    rows = [cond.repeat(1, target // cond.shape[1], 1) for cond, _ in encoded]
+    extras: dict = {}
+    pooled = [extra.get("pooled_output") for _, extra in encoded]
+    if all(p is not None for p in pooled):
+        extras["pooled_output"] = torch.cat(pooled, dim=0)
+    return [[torch.cat(rows, dim=0), extras]]
+
+
+class RefDropPromptBatch(io.ComfyNode):
+    """One prompt per image of the latent batch, references first, as one batched CONDITIONING."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RefDropPromptBatch",
+            display_name="RefDrop Prompt Batch",
+            category=CATEGORY,
+            description=(
+                "Encodes one prompt per line into one CONDITIONING whose batch rows follow the latent batch: "
+                "the first lines describe the reference image(s), the next lines the other images (RefDrop "
+                "gives every image its own prompt). Use it as the positive conditioning of the sampler."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the checkpoint."),
+                io.String.Input(
+                    "prompts",
+                    multiline=True,
+                    default=(
+                        "a photo of a red-haired woman in a green coat, portrait\n"
+                        "a photo of a red-haired woman in a green coat, reading in a cafe\n"
+                        "a photo of a red-haired woman in a green coat, walking on a beach"
+                    ),
+                    tooltip=(
+                        "One prompt per line, in latent batch order: reference prompt(s) first. Empty lines are "
+                        "ignored. Use as many lines as the latent batch has images (ComfyUI repeats the list "
+                        "if the batch is larger)."
+                    ),
+                ),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Batched conditioning: row i is the prompt of image i.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, prompts) -> io.NodeOutput:
+        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError("RefDrop Prompt Batch: write at least one prompt (one line per image).")
+        if clip is None:
+            raise RuntimeError("RefDrop Prompt Batch: the CLIP input is empty (the checkpoint has no text encoder).")
+        encoded = []
+        for line in lines:
+            cond, pooled = clip.encode_from_tokens(clip.tokenize(line), return_pooled=True)
+            encoded.append((cond, {"pooled_output": pooled} if pooled is not None else {}))
+        return io.NodeOutput(batch_conditioning(encoded))
+
+
+NODES = [ApplyRefDrop, RefDropPromptBatch]

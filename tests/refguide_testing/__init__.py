@@ -1,0 +1,1 @@
+"""Test support: tiny stand-in models in real ComfyUI formats, a live-server client, workflow conversion."""
