@@ -101,6 +101,14 @@ class ApplyRefDrop(io.ComfyNode):
                     max=64,
                     tooltip="The first N images of the latent batch are references; the batch needs at least N+1 images.",
                 ),
+                io.Boolean.Input(
+                    "skip_up1",
+                    default=False,
+                    tooltip=(
+                        "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
+                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
+                    ),
+                ),
                 io.String.Input(
                     "reference_strengths",
                     default="",
@@ -108,14 +116,6 @@ class ApplyRefDrop(io.ComfyNode):
                     tooltip=(
                         "Optional: one strength per reference, e.g. '0.3, 0.3' to blend two references (Eq. 7; "
                         "paper: 0.2-0.4 each). Overrides `strength`; must list exactly reference_count values."
-                    ),
-                ),
-                io.Boolean.Input(
-                    "skip_up1",
-                    default=False,
-                    tooltip=(
-                        "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
-                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
                     ),
                 ),
                 io.String.Input(

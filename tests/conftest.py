@@ -7,40 +7,19 @@ root under the package name ``refguide`` (ComfyUI itself imports it under its fo
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
-COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
-if not COMFYUI_ROOT or not (Path(COMFYUI_ROOT) / "comfy").is_dir():
-    raise pytest.UsageError(
-        "COMFYUI_ROOT is not set to a ComfyUI tree: run the suite with `bash scripts/host.sh test`."
-    )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-sys.path.insert(0, COMFYUI_ROOT)
-sys.path.insert(0, str(TESTS_DIR))
+from refguide_testing.host import setup_host  # noqa: E402
 
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
-
-
-def _load_pack():
-    spec = importlib.util.spec_from_file_location(
-        "refguide", REPO / "__init__.py", submodule_search_locations=[str(REPO)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["refguide"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load_pack()
+try:
+    COMFYUI_ROOT = setup_host()
+except RuntimeError as error:
+    raise pytest.UsageError(str(error)) from None
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +27,7 @@ def comfy_server(tmp_path_factory):
     """One live ComfyUI server (CPU, loopback, free port) with this pack and the test loaders installed."""
     from refguide_testing.server import ComfyServer
 
-    server = ComfyServer(Path(COMFYUI_ROOT), tmp_path_factory.mktemp("comfy_base")).start()
+    server = ComfyServer(COMFYUI_ROOT, tmp_path_factory.mktemp("comfy_base")).start()
     yield server
     server.stop()
 

@@ -42,6 +42,17 @@ TINY_SDXL_UNET = {
     "use_temporal_resblock": False,
 }
 
+# For whole workflows at SDXL resolutions on a CPU: attention only at the deepest level (input 7,8 / middle 0 /
+# output 0..2, the blocks with SDXL's 1024-token feature maps), 32 channels at full latent resolution.
+TINY_SDXL_LIGHT_UNET = dict(
+    TINY_SDXL_UNET,
+    model_channels=32,
+    channel_mult=[1, 1, 2],
+    transformer_depth=[0, 0, 0, 0, 1, 1],
+    transformer_depth_middle=1,
+    transformer_depth_output=[0, 0, 0, 0, 0, 0, 1, 1, 1],
+)
+
 # SD1.5 block layout (input 1,2,4,5,7,8; middle 0; output 3..11) at toy widths.
 TINY_SD15_UNET = {
     "use_checkpoint": False,
@@ -107,9 +118,11 @@ def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
 
 def tiny_unet(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher around a real ComfyUI model of the given family ("sdxl", "sd15" or "svd") at toy size."""
+    """A ModelPatcher around a real ComfyUI model of the given family ("sdxl", "sdxl_light", "sd15" or "svd") at toy size."""
     if family == "sdxl":
         model = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET)).get_model({})
+    elif family == "sdxl_light":
+        model = comfy.supported_models.SDXL(dict(TINY_SDXL_LIGHT_UNET)).get_model({})
     elif family == "sd15":
         model = comfy.supported_models.SD15(dict(TINY_SD15_UNET)).get_model({})
     elif family == "svd":
@@ -167,7 +180,7 @@ TINY_VAE_DDCONFIG = {
     "out_ch": 3,
     "ch": 32,
     "ch_mult": [1, 1, 2, 2],
-    "num_res_blocks": 1,
+    "num_res_blocks": 0,
     "attn_resolutions": [],
     "dropout": 0.0,
 }

@@ -10,7 +10,7 @@ from refguide_testing import tiny_models
 def _family(name: str) -> str:
     lowered = name.lower()
     if "xl" in lowered:
-        return "sdxl"
+        return "sdxl_light"
     if "svd" in lowered:
         return "svd"
     return "sd15"

@@ -1,0 +1,62 @@
+"""The pack as ComfyUI loads it: import log, /object_info (tooltips, descriptions), templates, validation."""
+
+import pytest
+
+from refguide.nodes import refdrop
+
+pytestmark = pytest.mark.e2e
+
+PACK_NODES = {"ApplyRefDrop", "RefDropPromptBatch"}
+
+
+def test_pack_imports_cleanly(comfy_server, object_info):
+    log = comfy_server.log_text()
+    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    assert PACK_NODES <= set(object_info)
+
+
+def test_every_node_has_a_description_and_every_input_a_tooltip(object_info):
+    ours = {name: info for name, info in object_info.items() if info.get("python_module", "").startswith("custom_nodes.comfyui-refguide")}
+    assert PACK_NODES <= set(ours)
+    for name, info in ours.items():
+        assert info.get("description"), f"{name} has no description"
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_refdrop_schema_is_stable(object_info):
+    info = object_info["ApplyRefDrop"]
+    assert info["category"] == "RefDrop" and info["display_name"] == "Apply RefDrop"
+    assert info["input_order"]["required"] == ["model", "strength", "reference_count", "skip_up1"]
+    assert info["input_order"]["optional"] == ["reference_strengths", "exclude_blocks"]
+    strength = info["input"]["required"]["strength"][1]
+    assert strength["default"] == 0.3 and strength["min"] <= -1.0 and strength["max"] >= 1.0 and strength["step"] == 0.01
+    assert object_info["RefDropPromptBatch"]["input_order"]["required"] == ["clip", "prompts"]
+
+
+def test_workflows_are_served_as_templates(comfy_server):
+    templates = comfy_server.get_json("/workflow_templates")
+    served = next(v for k, v in templates.items() if "refguide" in k)
+    assert {"refdrop_sdxl_consistent_character", "refdrop_sdxl_diverse_generation",
+            "refdrop_sdxl_blend_two_references"} <= set(served)  # fmt: skip
+
+
+def test_wrong_strength_count_is_refused_before_sampling(comfy_server):
+    prompt = {
+        "1": {"class_type": "RefGuideTestCheckpointLoader", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "2": {"class_type": "ApplyRefDrop", "inputs": {"model": ["1", 0], "strength": 0.3, "reference_count": 2,
+                                                        "skip_up1": False, "reference_strengths": "0.3"}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+              "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "positive": ["4", 0],
+              "negative": ["4", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "bad"}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
+    }  # fmt: skip
+    status, body = comfy_server.submit(prompt)
+    assert status == 400
+    assert "reference_count is 2" in str(body)
+    assert refdrop.ApplyRefDrop.validate_inputs(reference_count=2, reference_strengths="0.3") != True  # noqa: E712
