@@ -9,6 +9,7 @@ import comfy.ldm.modules.attention as comfy_attention
 
 from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import reference_feature_guidance_
+from .model_blocks import existing_replace
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class FallbackNotice:
         if not self.reported:
             self.reported = True
             logger.warning(
-                "%s: %s; this attention call ran as plain self-attention (another patch, e.g. HyperTile, "
-                "changed the batch or token layout). RefDrop stays active wherever the layout is intact.",
+                "%s: %s; such attention calls run as plain self-attention (reported once). Guidance stays active "
+                "wherever the layout is intact.",
                 self.node_name,
                 reason,
             )
@@ -91,35 +92,51 @@ class RefDropAttention:
         return reference_feature_guidance_(q, k, v, out, layout, self.settings.coefficients, attention)
 
     def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
-        """The chunk layout of this call, or None (with one warning) when another patch reshaped it."""
-        chunks = len(extra_options.get("cond_or_uncond") or [0])
-        activations = extra_options.get("activations_shape")
-        batch = q.shape[0]
-        if k.shape[0] != batch or v.shape[0] != batch or k.shape[1] != v.shape[1]:
-            self.notice.report(f"q/k/v batches differ ({batch}, {k.shape[0]}, {v.shape[0]})")
+        """The chunk layout of this call, or None when it must run as plain self-attention."""
+        if not self.guidable_call(q, k, v, extra_options):
             return None
-        if activations is not None and (activations[0] != batch or _tokens(activations) != q.shape[1]):
-            self.notice.report(f"attention input {tuple(q.shape[:2])} does not match the feature map {activations}")
-            return None
-        layout = chunk_layout(batch, chunks, self.settings.reference_rows)
+        chunks = self.chunk_count(q, extra_options)
+        layout = chunk_layout(q.shape[0], chunks, self.settings.reference_rows)
         if layout is None:
-            self.notice.report(f"{batch} rows do not split into {chunks} guidance chunks")
+            self.notice.report(f"{q.shape[0]} rows do not split into {chunks} chunks")
             return None
         references = self.settings.reference_rows
         needed = max(max(references) + 1, len(references) + 1)
         if layout.rows_per_chunk < needed:
             raise ValueError(
-                f"{self.settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s), but "
-                f"{len(references)} reference(s) plus at least one image to guide need {needed}. Raise the "
-                f"latent's batch size (e.g. Empty Latent Image batch_size) to {needed} or more, or use fewer "
-                "references."
+                f"{self.settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s)/frame(s), but the "
+                f"reference(s) at position {', '.join(str(r) for r in references)} plus at least one image to guide "
+                f"need {needed}. Raise the latent's batch size (e.g. Empty Latent Image batch_size, or the video "
+                f"frame count) to {needed} or more, or use fewer / earlier references."
             )
         return layout
+
+    def guidable_call(self, q, k, v, extra_options) -> bool:
+        """True when q/k/v are the block's own feature map (B, h*w, C); warns once when another patch changed it."""
+        activations = extra_options.get("activations_shape")
+        batch = q.shape[0]
+        if k.shape[0] != batch or v.shape[0] != batch or k.shape[1] != v.shape[1]:
+            self.notice.report(
+                f"q/k/v batches differ ({batch}, {k.shape[0]}, {v.shape[0]}): another patch (e.g. HyperTile) changed "
+                "the batch layout"
+            )
+            return False
+        if activations is not None and (activations[0] != batch or _tokens(activations) != q.shape[1]):
+            self.notice.report(
+                f"attention input {tuple(q.shape[:2])} does not match the feature map {activations}: another patch "
+                "(e.g. HyperTile) changed the batch or token layout"
+            )
+            return False
+        return True
+
+    def chunk_count(self, q, extra_options) -> int:
+        """Guidance chunks in this call: one per entry of ``cond_or_uncond`` (each is the whole latent batch)."""
+        return len(extra_options.get("cond_or_uncond") or [0])
 
     # --- ComfyUI patch protocol -------------------------------------------------------------------
     def to(self, device_or_dtype):
         if self.inner is not None and hasattr(self.inner, "to"):
-            return RefDropAttention(self.settings, self.notice, self.inner.to(device_or_dtype))
+            return type(self)(self.settings, self.notice, self.inner.to(device_or_dtype))
         return self
 
     def models(self):
@@ -138,3 +155,17 @@ def _tokens(activations_shape) -> int:
     for size in activations_shape[2:]:
         tokens *= size
     return tokens
+
+
+def patch_self_attention(model, settings: RefDropSettings, blocks, attention_class=RefDropAttention):
+    """A clone of ``model`` with ``attention_class`` on every attn1 of ``blocks`` (model_blocks.TransformerBlock).
+
+    A replace already registered for a layer (3-tuple or 2-tuple key) becomes that layer's inner attention.
+    """
+    patched = model.clone()
+    notice = FallbackNotice(settings.node_name)
+    for block in blocks:
+        for key in block.keys():
+            inner = existing_replace(model, "attn1", key)
+            patched.set_model_attn1_replace(attention_class(settings, notice, inner), *key)
+    return patched

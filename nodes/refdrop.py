@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..comfy_patches import model_blocks
-from ..comfy_patches.refdrop_patch import FallbackNotice, RefDropAttention, RefDropSettings
+from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 
 CATEGORY = "RefDrop"
 
@@ -52,17 +52,6 @@ def coefficients_for(strength: float, reference_count: int, reference_strengths:
             )
         return values
     return [strength] * reference_count
-
-
-def patch_self_attention(model, settings: RefDropSettings, blocks: list[model_blocks.TransformerBlock]):
-    """A clone of ``model`` with RefDrop on every attn1 of ``blocks``; chains replaces that were there."""
-    patched = model.clone()
-    notice = FallbackNotice(settings.node_name)
-    for block in blocks:
-        for key in block.keys():
-            inner = model_blocks.existing_replace(model, "attn1", key)
-            patched.set_model_attn1_replace(RefDropAttention(settings, notice, inner), *key)
-    return patched
 
 
 class ApplyRefDrop(io.ComfyNode):

@@ -2,7 +2,8 @@
 # Host bootstrap for this node pack: a pinned, real ComfyUI 0.30.0 in a cached virtual environment.
 #
 #   bash scripts/host.sh serve    install (cached) + link this pack + start ComfyUI on 127.0.0.1:8188
-#   bash scripts/host.sh test     install (cached) + run the whole test suite
+#   bash scripts/host.sh test     install (cached) + run the whole test suite (plus the `mllm` tests again
+#                                 under the oldest supported transformers); with arguments: pytest ARGS
 #   bash scripts/host.sh bench N  install (cached) + run the benchmark bench/N.py (e.g. refdrop)
 #   bash scripts/host.sh env      install (cached) and print the paths
 #
@@ -19,9 +20,11 @@ COMFY_SDIST_SHA256="de5d0c3204f9235bfa8e5b4e64d4b33439103b0fae9e668cfc25baecd467
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-# Everything that decides what gets installed goes into the cache key.
-KEY_SOURCES=("$REPO/scripts/host.sh" "$REPO/scripts/host-constraints.txt" "$REPO/requirements.txt" "$REPO/requirements-dev.txt")
-KEY="$(cat "${KEY_SOURCES[@]}" | sha256sum | cut -c1-16)"
+# Everything that decides what gets installed goes into the cache key. Bump HOST_RECIPE when the install
+# steps below change.
+HOST_RECIPE="comfyui-0.30.0/recipe-1/$COMFY_SDIST_SHA256/$PYTHON"
+KEY_SOURCES=("$REPO/scripts/host-constraints.txt" "$REPO/requirements.txt" "$REPO/requirements-dev.txt")
+KEY="$( (echo "$HOST_RECIPE"; cat "${KEY_SOURCES[@]}") | sha256sum | cut -c1-16)"
 CACHE_ROOT="${REFGUIDE_CACHE:-$HOME/.cache/comfyui-refguide}"
 HOST="$CACHE_ROOT/host-$KEY"
 VENV="$HOST/venv"
@@ -36,6 +39,15 @@ quiet_pip() {
 
 install_host() {
   if [[ -f "$HOST/.complete" ]]; then
+    log "reusing cached host $HOST"
+    return
+  fi
+  # One installer at a time (parallel jobs or sessions on this machine wait for the first one).
+  mkdir -p "$CACHE_ROOT"
+  exec 9>"$CACHE_ROOT/.install.lock"
+  flock 9
+  if [[ -f "$HOST/.complete" ]]; then
+    exec 9>&-
     log "reusing cached host $HOST"
     return
   fi
@@ -62,6 +74,36 @@ install_host() {
   log "host ready: $HOST"
   # Keep the two newest hosts (this one and the previous), drop older ones: each is several GB.
   ls -1dt "$CACHE_ROOT"/host-* 2>/dev/null | tail -n +3 | while read -r old; do rm -rf "$old"; done
+  exec 9>&-
+}
+
+# The oldest transformers the pack supports, in a folder put first on PYTHONPATH for a second run of the
+# `mllm`-marked tests (CI checks both ends of the supported range).
+OLDEST_PINS="$REPO/scripts/transformers-oldest.txt"
+OLDEST="$CACHE_ROOT/transformers-oldest-$( (echo "$KEY"; cat "$OLDEST_PINS") | sha256sum | cut -c1-16)"
+install_oldest_transformers() {
+  if [[ -f "$OLDEST/.complete" ]]; then
+    return
+  fi
+  exec 9>"$CACHE_ROOT/.install.lock"
+  flock 9
+  log "installing the oldest supported transformers into $OLDEST"
+  rm -rf "$OLDEST"
+  quiet_pip install --quiet --disable-pip-version-check --no-deps --target "$OLDEST" -r "$OLDEST_PINS"
+  touch "$OLDEST/.complete"
+  exec 9>&-
+}
+
+run_pytest() {
+  set +e
+  "$VENV/bin/python" -m pytest "$@"
+  local rc=$?
+  set -e
+  if [[ $rc -eq 5 ]]; then
+    log "pytest collected no tests: that is a failure"
+    return 1
+  fi
+  return $rc
 }
 
 # A ComfyUI base directory (models, input, output, custom_nodes, user) that links this pack in.
@@ -89,15 +131,19 @@ case "$cmd" in
     install_host
     cd "$REPO"
     export COMFYUI_ROOT="$COMFY"
-    set +e
-    "$VENV/bin/python" -m pytest "${@:2}"
-    rc=$?
-    set -e
-    if [[ $rc -eq 5 ]]; then
-      log "pytest collected no tests: that is a failure"
-      exit 1
+    if [[ $# -gt 1 ]]; then
+      run_pytest "${@:2}"
+      exit $?
     fi
-    exit $rc
+    # The whole suite: every test with the newest transformers, then the transformers-dependent
+    # (`mllm`) tests again with the oldest supported release.
+    install_oldest_transformers
+    status=0
+    log "run 1/2: whole suite ($("$VENV/bin/python" -c 'import transformers; print("transformers", transformers.__version__)'))"
+    run_pytest || status=$?
+    log "run 2/2: mllm tests with $(head -n 100 "$OLDEST_PINS" | grep -v '^#' | tr '\n' ' ')"
+    PYTHONPATH="$OLDEST${PYTHONPATH:+:$PYTHONPATH}" run_pytest -m mllm || status=$?
+    exit $status
     ;;
   bench)
     install_host

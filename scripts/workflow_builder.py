@@ -32,7 +32,15 @@ OUTPUTS = {
     "SVD_img2vid_Conditioning": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
     "VideoLinearCFGGuidance": [("MODEL", "MODEL")],
     "ImageBatch": [("IMAGE", "IMAGE")],
+    "ImageStitch": [("IMAGE", "IMAGE")],
     "MarkdownNote": [],
+    "LoadEasyRefMLLM": [("easyref", "EASYREF_MODEL")],
+    "EasyRefReferenceGroup": [("references", "EASYREF_REFERENCES")],
+    "EncodeReferenceGroup": [("embeds", "EASYREF_EMBEDS")],
+    "ApplyEasyRef": [("MODEL", "MODEL")],
+    "ControlNetLoader": [("CONTROL_NET", "CONTROL_NET")],
+    "ControlNetApplyAdvanced": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    "Canny": [("IMAGE", "IMAGE")],
 }
 
 

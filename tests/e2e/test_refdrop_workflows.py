@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from refguide_testing import workflow as wf
 
 pytestmark = pytest.mark.e2e

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import comfy.sample
 import pytest
 import torch
-
-import comfy.sample
 from comfy_extras.nodes_hypertile import HyperTile
 from comfy_extras.nodes_sag import SelfAttentionGuidance
-from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings, FallbackNotice, plain_attention
+from refguide.comfy_patches.refdrop_patch import FallbackNotice, RefDropAttention, RefDropSettings, plain_attention
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import tiny_models
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import types
 
+import comfy.clip_vision
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -97,6 +98,18 @@ TINY_SVD_UNET = dict(
 )
 TINY_SVD_UNET.pop("num_heads")
 
+# For whole SVD workflows (1024x576, 14 frames, cfg: 28 rows a call) on a CPU: one res-block per level, 32
+# channels, spatial + temporal transformers only at the deepest level and the middle block (64 wide).
+TINY_SVD_LIGHT_UNET = dict(
+    TINY_SVD_UNET,
+    model_channels=32,
+    num_res_blocks=[1, 1, 1, 1],
+    channel_mult=[1, 1, 1, 2],
+    transformer_depth=[0, 0, 0, 1],
+    transformer_depth_middle=1,
+    transformer_depth_output=[0, 0, 0, 0, 0, 0, 1, 1],
+)
+
 
 def init_module_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torch.nn.Module:
     """Fill every parameter deterministically: norms 1, biases small, matrices ~ N(0, scale^2/fan_in)."""
@@ -118,7 +131,7 @@ def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
 
 def tiny_unet(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher around a real ComfyUI model of the given family ("sdxl", "sdxl_light", "sd15" or "svd") at toy size."""
+    """A ModelPatcher around a real ComfyUI model of the given family ("sdxl", "sdxl_light", "sd15", "svd" or "svd_light") at toy size."""
     if family == "sdxl":
         model = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET)).get_model({})
     elif family == "sdxl_light":
@@ -127,6 +140,8 @@ def tiny_unet(family: str = "sdxl", seed: int = 0) -> comfy.model_patcher.ModelP
         model = comfy.supported_models.SD15(dict(TINY_SD15_UNET)).get_model({})
     elif family == "svd":
         model = comfy.supported_models.SVD_img2vid(dict(TINY_SVD_UNET)).get_model({})
+    elif family == "svd_light":
+        model = comfy.supported_models.SVD_img2vid(dict(TINY_SVD_LIGHT_UNET)).get_model({})
     else:
         raise ValueError(family)
     init_module_(model, seed)
@@ -179,7 +194,7 @@ TINY_VAE_DDCONFIG = {
     "in_channels": 3,
     "out_ch": 3,
     "ch": 32,
-    "ch_mult": [1, 1, 2, 2],
+    "ch_mult": [1, 1, 1, 1],
     "num_res_blocks": 0,
     "attn_resolutions": [],
     "dropout": 0.0,
@@ -191,3 +206,30 @@ def tiny_vae(seed: int = 2) -> comfy.sd.VAE:
     config = {"params": {"ddconfig": dict(TINY_VAE_DDCONFIG), "embed_dim": 4}}
     state_dict = init_module_(AutoencoderKL(**config["params"]), seed, scale=0.5).state_dict()
     return comfy.sd.VAE(sd=state_dict, config=config)
+
+
+TINY_CLIP_VISION = {
+    "attention_dropout": 0.0,
+    "dropout": 0.0,
+    "hidden_act": "gelu",
+    "hidden_size": 64,
+    "image_size": 224,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 128,
+    "layer_norm_eps": 1e-05,
+    "model_type": "clip_vision_model",
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "num_hidden_layers": 2,  # SVD conditioning reads the penultimate layer
+    "patch_size": 32,
+    "projection_dim": TINY_SVD_CONTEXT,
+    "torch_dtype": "float32",
+}
+
+
+def tiny_clip_vision(seed: int = 3) -> comfy.clip_vision.ClipVisionModel:
+    """A real comfy.clip_vision.ClipVisionModel (ViT, patch 32) whose image embeds fit the tiny SVD UNet."""
+    clip_vision = comfy.clip_vision.ClipVisionModel(dict(TINY_CLIP_VISION))
+    init_module_(clip_vision.model, seed)
+    return clip_vision

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from refguide.attention_patches.layout import chunk_layout
 from refguide.attention_patches.rfg import reference_feature_guidance_
 
@@ -128,7 +127,9 @@ def test_concatenated_attention_is_rfg_with_a_rank_one_coefficient():
     blended = coefficient * per_head(direct_attention(qi, k1, v1)) + (1 - coefficient) * per_head(
         direct_attention(qi, ki, vi)
     )
-    torch.testing.assert_close(blended.transpose(1, 2).reshape(1, -1, q.shape[-1]), concatenated, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        blended.transpose(1, 2).reshape(1, -1, q.shape[-1]), concatenated, rtol=1e-12, atol=1e-12
+    )
     # RFG's scalar c is the special case of a constant C; cross-frame attention is C = 1.
     assert coefficient.min() > 0 and coefficient.max() < 1
 

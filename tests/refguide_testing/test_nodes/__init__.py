@@ -34,4 +34,42 @@ class RefGuideTestCheckpointLoader:
         return (model, clip, tiny_models.tiny_vae())
 
 
-NODE_CLASS_MAPPINGS = {"RefGuideTestCheckpointLoader": RefGuideTestCheckpointLoader}
+class RefGuideTestImageOnlyCheckpointLoader:
+    """Stand-in for ImageOnlyCheckpointLoader (SVD): tiny SVD-layout MODEL, CLIP_VISION and VAE."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": ("STRING", {"default": "svd_xt_1_1.safetensors"})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP_VISION", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, ckpt_name):
+        return (tiny_models.tiny_unet("svd_light"), tiny_models.tiny_clip_vision(), tiny_models.tiny_vae())
+
+
+NODE_CLASS_MAPPINGS = {
+    "RefGuideTestCheckpointLoader": RefGuideTestCheckpointLoader,
+    "RefGuideTestImageOnlyCheckpointLoader": RefGuideTestImageOnlyCheckpointLoader,
+}
+
+
+class RefGuideTestControlNetLoader:
+    """Stand-in for ControlNetLoader: a real tiny comfy.controlnet.ControlNet for the tiny SDXL ("sdxl_light") layout."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"control_net_name": ("STRING", {"default": "controlnet-canny-sdxl-1.0.safetensors"})}}
+
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, control_net_name):
+        from refguide_testing import tiny_easyref
+
+        return (tiny_easyref.tiny_controlnet("sdxl_light"),)
+
+
+NODE_CLASS_MAPPINGS["RefGuideTestControlNetLoader"] = RefGuideTestControlNetLoader

@@ -1,0 +1,104 @@
+"""RefDrop for video: "SVD Temporal RefDrop" (Stable Video Diffusion img2vid)."""
+
+from __future__ import annotations
+
+import comfy.patcher_extension
+from comfy_api.latest import io
+
+from ..comfy_patches import model_blocks
+from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
+from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
+
+WRAPPER_KEY = "refguide_svd_temporal_refdrop"
+
+
+class SVDTemporalRefDrop(io.ComfyNode):
+    """Guide every frame's spatial self-attention toward one reference frame (RefDrop's video variant)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVDTemporalRefDrop",
+            display_name="SVD Temporal RefDrop",
+            category="RefDrop",
+            description=(
+                "RefDrop for Stable Video Diffusion: in every spatial self-attention layer, each frame becomes "
+                "c*Attn(Q, K_ref, V_ref) + (1-c)*Attn(Q, K, V) with the reference frame's keys/values, which "
+                "reduces flicker and face distortion while keeping motion. Temporal attention is not touched. "
+                "Paper: c = 0.2 at every step; larger values make the video static."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="A Stable Video Diffusion model (e.g. from Image Only Checkpoint Loader)."
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=0.2,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="c of Eq. 5. Paper: 0.2. Larger values steady the video further but freeze motion; 0 = off.",
+                ),
+                io.Int.Input(
+                    "reference_frame",
+                    default=0,
+                    min=0,
+                    max=4095,
+                    tooltip="Which frame of the clip is the reference (0 = the first frame, as in the paper).",
+                ),
+                io.Float.Input(
+                    "start_percent",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    optional=True,
+                    tooltip="Start guiding at this fraction of the sampling schedule (paper: 0, every step).",
+                ),
+                io.Float.Input(
+                    "end_percent",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    optional=True,
+                    tooltip="Stop guiding after this fraction of the sampling schedule (paper: 1, every step).",
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with temporal RefDrop (a clone; the input is unchanged).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_):
+        if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
+            return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
+        return True
+
+    @classmethod
+    def execute(cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
+        if not model_blocks.is_video_model(model):
+            raise ValueError(
+                "SVD Temporal RefDrop needs a video model with temporal layers (Stable Video Diffusion). For image "
+                "models (SD1.x, SD2.x, SDXL) use 'Apply RefDrop', which guides a batch of images toward references."
+            )
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
+        if strength == 0.0:
+            return io.NodeOutput(model.clone())
+        sigma_range = None
+        if start_percent > 0.0 or end_percent < 1.0:
+            sampling = model.get_model_object("model_sampling")
+            sigma_range = (
+                float(sampling.percent_to_sigma(start_percent)),
+                float(sampling.percent_to_sigma(end_percent)),
+            )
+        settings = RefDropSettings((reference_frame,), (strength,), "SVD Temporal RefDrop", sigma_range)
+        blocks = model_blocks.transformer_blocks(model)
+        patched = patch_self_attention(model, settings, blocks, TemporalRefDropAttention)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, video_frames_wrapper
+        )
+        return io.NodeOutput(patched)
+
+
+NODES = [SVDTemporalRefDrop]
