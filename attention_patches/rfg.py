@@ -42,11 +42,16 @@ def reference_feature_guidance_(
     if not active:
         return self_attention
     keep = 1.0 - sum(c for _, c in active)
-    for start, stop in layout.guided_segments:
-        queries = chunk_rows(q, layout, start, stop)
-        target = chunk_rows(self_attention, layout, start, stop)
-        target.mul_(keep)
-        for row, coefficient in active:
-            reference = attention(queries, chunk_rows(k, layout, row, row + 1), chunk_rows(v, layout, row, row + 1))
-            target.add_(reference, alpha=coefficient)
+    # One chunk at a time: the temporary reference-attention output then covers one chunk's guided rows,
+    # which keeps the call's peak memory below that of the plain attention it follows.
+    for chunk in range(layout.chunks):
+        rows = slice(chunk, chunk + 1)
+        for start, stop in layout.guided_segments:
+            queries = chunk_rows(q, layout, start, stop)[rows]
+            target = chunk_rows(self_attention, layout, start, stop)[rows]
+            target.mul_(keep)
+            for row, coefficient in active:
+                keys = chunk_rows(k, layout, row, row + 1)[rows]
+                values = chunk_rows(v, layout, row, row + 1)[rows]
+                target.add_(attention(queries, keys, values), alpha=coefficient)
     return self_attention

@@ -18,6 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..comfy_patches import easyref_lora, easyref_patch, model_blocks
 from ..easyref import checkpoint as ckpt
 from ..easyref import embeds as embeds_mod
 from ..easyref import encoder
@@ -403,4 +404,173 @@ class LoadEasyRefEmbeds(io.ComfyNode):
         return io.NodeOutput(result)
 
 
-NODES = [LoadEasyRefMLLM, EasyRefReferenceGroup, EncodeReferenceGroup, SaveEasyRefEmbeds, LoadEasyRefEmbeds]
+# ---------------------------------------------------------------------------------------------
+# Apply EasyRef (the diffusion half)
+# ---------------------------------------------------------------------------------------------
+
+PROJECTIONS_KEY = "easyref_projections"
+
+
+def check_sdxl_model(model, easyref) -> None:
+    """Refuse models EasyRef's UNet weights cannot fit, with the reason (video model, not a UNet, context width)."""
+    if model_blocks.is_video_model(model):
+        raise ValueError("Apply EasyRef works with SDXL image models; this is a video model (Stable Video Diffusion).")
+    if not model_blocks.transformer_blocks(model):
+        raise ValueError(
+            f"Apply EasyRef works with SDXL UNet models; this model ({type(model.model).__name__}) has no UNet "
+            "transformer blocks."
+        )
+    context = model.model.model_config.unet_config.get("context_dim")
+    if context != easyref.cross_dim:
+        raise ValueError(
+            f"Apply EasyRef needs an SDXL model (cross-attention width {easyref.cross_dim}); this model's "
+            f"cross-attention width is {context} (SD1.x: 768, SD2.x: 1024, SDXL refiner: 1280). EasyRef was trained "
+            "on SDXL base 1.0: load an SDXL checkpoint."
+        )
+
+
+def projection_dtype(model) -> torch.dtype:
+    """The UNet's compute dtype for the reference K/V projections (its storage dtype unless that is fp8)."""
+    dtype = model.model_dtype()
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return dtype
+    return getattr(model.model, "manual_cast_dtype", None) or torch.float16
+
+
+def apply_easyref(model, easyref, embeds, weight, lora_strength, start_at=0.0, end_at=1.0, attn_mask=None):
+    """A clone of ``model`` with EasyRef's UNet LoRA (weight patches) and decoupled cross-attention on every attn2."""
+    embeds_mod.check_fingerprint(embeds, easyref.fingerprint, easyref.checkpoint_name)
+    check_sdxl_model(model, easyref)
+    if embeds.cond.shape[-1] != easyref.cross_dim:
+        raise ValueError(
+            f"The EasyRef embeds have width {embeds.cond.shape[-1]}, the EasyRef model {easyref.cross_dim}."
+        )
+    layout = easyref_lora.map_processors(model, easyref.unet_state_dict, easyref.cross_dim)
+    patched = model.clone()
+    if lora_strength != 0.0:
+        patched.add_patches(easyref_lora.lora_patches(easyref.unet_state_dict, layout), lora_strength)
+    if weight == 0.0:
+        return patched
+
+    ip = easyref.unet_state_dict
+    projections = easyref_patch.ReferenceProjections(
+        {
+            layer.name: (ip[f"{layer.processor}.to_k_ip.weight"], ip[f"{layer.processor}.to_v_ip.weight"])
+            for layer in layout.cross_layers
+        },
+        dtype=projection_dtype(model),
+    )
+    projections_patcher = comfy.model_patcher.ModelPatcher(
+        projections, load_device=model.load_device, offload_device=model.offload_device
+    )
+    patched.set_additional_models(
+        PROJECTIONS_KEY, patched.get_additional_models_with_key(PROJECTIONS_KEY) + [projections_patcher]
+    )
+    model_sampling = model.get_model_object("model_sampling")
+    kwargs = {
+        "sigma_start": float(model_sampling.percent_to_sigma(start_at)),
+        "sigma_end": float(model_sampling.percent_to_sigma(end_at)),
+        PROJECTIONS_KEY: projections_patcher,
+    }
+    mask = attn_mask.float().cpu() if attn_mask is not None else None
+    notice = easyref_patch.FallbackNotice()
+    for layer in layout.cross_layers:
+        branch = easyref_patch.EasyRefBranch(
+            projections, layer.name, embeds.cond, embeds.uncond, weight, mask=mask, notice=notice
+        )
+        existing = model_blocks.existing_replace(patched, "attn2", layer.block_key)
+        patched.set_model_attn2_replace(easyref_patch.attach(existing, branch, kwargs), *layer.block_key)
+    return patched
+
+
+class ApplyEasyRef(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyEasyRef",
+            display_name="Apply EasyRef",
+            category=CATEGORY,
+            description=(
+                "Conditions an SDXL model on a reference group: the 64 reference tokens from Encode Reference Group "
+                "enter every cross-attention layer through decoupled cross-attention (out = text attention + weight * "
+                "reference attention, separate softmaxes; the negative branch uses the unconditional tokens), and the "
+                "checkpoint's UNet LoRA is applied through ComfyUI's weight patching. Stacks with other Apply EasyRef "
+                "nodes, IPAdapter and LoRAs. Paper settings: 1024x1024, 30 steps, cfg 5, weight 1."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="An SDXL model (EasyRef was trained on SDXL base 1.0); a clone is returned."
+                ),
+                io.Custom("EASYREF_MODEL").Input(
+                    "easyref", tooltip="From Load EasyRef MLLM: holds the UNet-side weights."
+                ),
+                io.Custom("EASYREF_EMBEDS").Input(
+                    "embeds",
+                    tooltip="Reference tokens from Encode Reference Group (or Load EasyRef Embeds), same checkpoint.",
+                ),
+                io.Float.Input(
+                    "weight",
+                    default=1.0,
+                    min=-1.0,
+                    max=3.0,
+                    step=0.05,
+                    tooltip="Scale of the reference attention (the paper's scale; trained and evaluated at 1.0). Lower "
+                    "it to let the prompt win, 0 turns the reference branch off.",
+                ),
+                io.Float.Input(
+                    "lora_strength",
+                    default=1.0,
+                    min=-1.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Strength of the checkpoint's rank-128 UNet LoRA, independent of weight (trained at 1.0 "
+                    "together with the reference branch). 0 leaves the UNet weights untouched.",
+                ),
+                io.Float.Input(
+                    "start_at",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the sampling schedule where the reference branch starts acting (0 = first step).",
+                ),
+                io.Float.Input(
+                    "end_at",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the sampling schedule where the reference branch stops (1 = last step). The "
+                    "LoRA stays on for the whole run.",
+                ),
+                io.Mask.Input(
+                    "attn_mask",
+                    optional=True,
+                    tooltip="Optional: where the reference tokens act (white = full effect), at image resolution; it is "
+                    "averaged onto each layer's token grid. One mask per image of the latent batch, or one for all.",
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with EasyRef applied (a clone; the input is unchanged).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_at=0.0, end_at=1.0, **_):
+        if isinstance(start_at, (int, float)) and isinstance(end_at, (int, float)) and start_at > end_at:
+            return f"start_at ({start_at}) must not be after end_at ({end_at})."
+        return True
+
+    @classmethod
+    def execute(cls, model, easyref, embeds, weight, lora_strength, start_at, end_at, attn_mask=None) -> io.NodeOutput:
+        return io.NodeOutput(
+            apply_easyref(model, easyref, embeds, weight, lora_strength, start_at, end_at, attn_mask=attn_mask)
+        )
+
+
+NODES = [
+    LoadEasyRefMLLM,
+    EasyRefReferenceGroup,
+    EncodeReferenceGroup,
+    SaveEasyRefEmbeds,
+    LoadEasyRefEmbeds,
+    ApplyEasyRef,
+]

@@ -103,8 +103,8 @@ def test_rfg_never_calls_attention_for_zero_coefficients():
 
     layout = chunk_layout(6, 2, (0, 1))
     reference_feature_guidance_(q, k, v, direct_attention(q, k, v), layout, (0.3, 0.0), counting)
-    # one call per (guided segment, active reference), batched over the chunks: queries of all guided rows
-    assert calls == [torch.Size([2, 1 * 12, 16])]
+    # one call per (chunk, guided segment, active reference), the segment's rows folded into one query sequence
+    assert calls == [torch.Size([1, 1 * 12, 16])] * 2
 
 
 def test_concatenated_attention_is_rfg_with_a_rank_one_coefficient():

@@ -1,0 +1,570 @@
+"""Apply EasyRef on a real (tiny, random) SDXL-layout ComfyUI UNet with matching tiny EasyRef UNet-side weights."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import comfy.model_management as mm
+import comfy.sample
+import pytest
+import torch
+from refguide.comfy_patches import easyref_patch
+from refguide.comfy_patches.easyref_lora import EasyRefModelMismatch
+from refguide.comfy_patches.refdrop_patch import plain_attention
+from refguide.easyref import encoder
+from refguide.easyref.embeds import EasyRefEmbeds, EmbedsFileError
+from refguide.nodes.easyref import ApplyEasyRef
+from refguide_testing import tiny_easyref as te
+from refguide_testing import tiny_models
+from refguide_testing import tiny_qwen2vl as tq
+
+CONTEXT = 2048
+TEXT_TOKENS = 8
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("easyref_apply")
+    folder = os.path.join(root, "LLM", "Qwen2-VL-2B-Instruct")
+    config = tq.make_qwen2vl_folder(folder)
+    os.makedirs(root / "easyref")
+    tensors = te.make_easyref_checkpoint_for(str(root / "easyref" / "sdxl.safetensors"), config, "sdxl")
+    te.make_easyref_checkpoint_for(str(root / "easyref" / "light.safetensors"), config, "sdxl_light", seed=3)
+    return folder, root / "easyref", {k[len("unet.") :]: v for k, v in tensors.items() if k.startswith("unet.")}
+
+
+@pytest.fixture(scope="module")
+def easyref(model_files):
+    folder, easyref_dir, _ = model_files
+    return encoder.load_easyref(folder, str(easyref_dir / "sdxl.safetensors"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def easyref_light(model_files):
+    folder, easyref_dir, _ = model_files
+    return encoder.load_easyref(folder, str(easyref_dir / "light.safetensors"), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def unet_weights(model_files):
+    return model_files[2]
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return tiny_models.tiny_unet("sdxl", seed=0)
+
+
+def make_embeds(easyref, seed=0, fingerprint=None):
+    g = torch.Generator().manual_seed(seed)
+    return EasyRefEmbeds(
+        cond=torch.randn(1, 64, CONTEXT, generator=g),
+        uncond=torch.randn(1, 64, CONTEXT, generator=g),
+        num_references=3,
+        prompt="a cat",
+        fingerprint=fingerprint or easyref.fingerprint,
+        checkpoint_name=easyref.checkpoint_name,
+    )
+
+
+def apply(model, easyref, embeds, weight=1.0, lora_strength=1.0, start_at=0.0, end_at=1.0, attn_mask=None):
+    return ApplyEasyRef.execute(model, easyref, embeds, weight, lora_strength, start_at, end_at, attn_mask).args[0]
+
+
+@contextlib.contextmanager
+def loaded(patcher):
+    """The model loaded (and weight-patched) by ComfyUI's model management, unloaded (unpatched) afterwards."""
+    mm.load_models_gpu([patcher])
+    try:
+        yield
+    finally:
+        mm.unload_all_models()
+
+
+def inputs(batch, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, size, size, generator=g)
+    context = torch.randn(batch, TEXT_TOKENS, CONTEXT, generator=g)
+    y = torch.randn(batch, tiny_models.TINY_SDXL_UNET["adm_in_channels"], generator=g)
+    return x, context, y
+
+
+def unet_call(patcher, x, context, y, cond_or_uncond, sigma=5.0):
+    options = dict(patcher.model_options.get("transformer_options", {}))
+    options["cond_or_uncond"] = list(cond_or_uncond)
+    options["sigmas"] = torch.full((x.shape[0],), sigma)
+    with torch.no_grad():
+        return patcher.model.diffusion_model(
+            x, torch.full((x.shape[0],), 500.0), context, y, transformer_options=options
+        )
+
+
+# --------------------------------------------------------------------------------------------- float64 reference
+def mha(q, k, v, heads):
+    b, n, c = q.shape
+    d = c // heads
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+
+    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / d**0.5, dim=-1)
+    return (w @ split(v)).transpose(1, 2).reshape(b, n, c)
+
+
+def merged(base_state, weights, module, proc, projection, strength):
+    """W + strength * up @ down in float64 (the spec's LoRA merge)."""
+    name = {"to_out": "to_out.0.weight"}.get(projection, f"{projection}.weight")
+    w = base_state[f"diffusion_model.{module}.{name}"].double()
+    if strength:
+        up = weights[f"{proc}.{projection}_lora.up.weight"].double()
+        down = weights[f"{proc}.{projection}_lora.down.weight"].double()
+        w = w + strength * up @ down
+    return w
+
+
+def expected_attn2(base_state, weights, module, proc, n, context, kinds, branches, heads, lora):
+    """to_out(Attn(Q, K_text, V_text) + sum_b w_b * gate * Attn(Q, W_k_ip R_kind, W_v_ip R_kind)), float64."""
+    n, context = n.double(), context.double()
+    q = n @ merged(base_state, weights, module, proc, "to_q", lora).T
+    k = context @ merged(base_state, weights, module, proc, "to_k", lora).T
+    v = context @ merged(base_state, weights, module, proc, "to_v", lora).T
+    out = mha(q, k, v, heads)
+    per = n.shape[0] // len(kinds)
+    for branch_weights, embeds, weight, gate in branches:
+        k_ip = branch_weights[f"{proc}.to_k_ip.weight"].double()
+        v_ip = branch_weights[f"{proc}.to_v_ip.weight"].double()
+        for r in range(n.shape[0]):
+            tokens = (embeds.cond if kinds[r // per] == 0 else embeds.uncond).double()
+            ref = mha(q[r : r + 1], tokens @ k_ip.T, tokens @ v_ip.T, heads)
+            if gate is not None:
+                ref = ref * gate[r % per]
+            out[r : r + 1] += weight * ref
+    w_out = merged(base_state, weights, module, proc, "to_out", lora)
+    return out @ w_out.T + base_state[f"diffusion_model.{module}.to_out.0.bias"].double()
+
+
+MIDDLE = ("middle_block.1.transformer_blocks.1.attn2", "mid_block.attentions.0.transformer_blocks.1.attn2.processor")
+INPUT4 = (
+    "input_blocks.4.1.transformer_blocks.0.attn2",
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
+)
+OUTPUT5 = (
+    "output_blocks.5.1.transformer_blocks.0.attn2",
+    "up_blocks.1.attentions.2.transformer_blocks.0.attn2.processor",
+)
+
+
+def capture(patcher, module, x, context, y, cond_or_uncond):
+    """Input of the layer's attention (norm2 output) and output of its to_out, from a real UNet call."""
+    unet = patcher.model.diffusion_model
+    block = unet.get_submodule(module.rsplit(".", 1)[0])
+    seen = {}
+    hooks = [
+        block.norm2.register_forward_hook(lambda m, i, o: seen.setdefault("n", o.detach().clone())),
+        block.attn2.to_out.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.detach().clone())),
+    ]
+    try:
+        unet_call(patcher, x, context, y, cond_or_uncond)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen["n"], seen["out"], block.attn2.heads
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_every_attn2_gets_one_object_per_key(sdxl, easyref):
+    patched = apply(sdxl, easyref, make_embeds(easyref))
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    expected = {key for _, key, _ in te.SDXL_TINY_LAYOUT}
+    assert set(replaces) == expected and ("middle", 0, 1) in replaces
+    objects = list(replaces.values())
+    assert all(isinstance(o, easyref_patch.DecoupledCrossAttention) for o in objects)
+    assert len({id(o) for o in objects}) == len(objects)
+    assert "attn1" not in replaces
+    assert "patches_replace" not in sdxl.model_options.get("transformer_options", {})
+    assert not sdxl.patches  # the input model is untouched
+
+
+@pytest.mark.parametrize("layer", [MIDDLE, INPUT4, OUTPUT5])
+@pytest.mark.parametrize("order", [[1, 0], [0, 1]])
+def test_patched_layer_matches_float64(sdxl, easyref, unet_weights, layer, order):
+    embeds = make_embeds(easyref, seed=1)
+    base_state = {k: v.clone() for k, v in sdxl.model.state_dict().items()}
+    patched = apply(sdxl, easyref, embeds, weight=0.8, lora_strength=0.7)
+    x, context, y = inputs(4)
+    with loaded(patched):
+        n, out, heads = capture(patched, layer[0], x, context, y, order)
+    want = expected_attn2(
+        base_state, unet_weights, layer[0], layer[1], n, context, order, [(unet_weights, embeds, 0.8, None)], heads, 0.7
+    )
+    torch.testing.assert_close(out.double(), want, rtol=2e-5, atol=2e-5)
+    # the same call without EasyRef differs by far more than that tolerance
+    with loaded(sdxl):
+        _, plain_out, _ = capture(sdxl, layer[0], x, context, y, order)
+    assert (plain_out.double() - want).abs().max() > 1e-2
+
+
+def test_lora_patches_are_w_plus_up_down(sdxl, easyref, unet_weights):
+    base_state = {k: v.clone() for k, v in sdxl.model.state_dict().items()}
+    patched = apply(sdxl, easyref, make_embeds(easyref), weight=0.0, lora_strength=0.5)
+    assert len(patched.patches) == 4 * 2 * len(te.SDXL_TINY_LAYOUT)  # q/k/v/out of every attn1 and attn2
+    with loaded(patched):
+        state = sdxl.model.state_dict()
+        for diffusers, (group, block_id, index), _ in te.SDXL_TINY_LAYOUT:
+            prefix = {
+                "input": f"input_blocks.{block_id}.1",
+                "middle": "middle_block.1",
+                "output": f"output_blocks.{block_id}.1",
+            }[group]
+            for attn in ("attn1", "attn2"):
+                module = f"{prefix}.transformer_blocks.{index}.{attn}"
+                proc = f"{diffusers}.{attn}.processor"
+                for projection, name in [("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out.0")]:
+                    got = state[f"diffusion_model.{module}.{name}.weight"].double()
+                    want = merged(base_state, unet_weights, module, proc, projection, 0.5)
+                    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for key, value in sdxl.model.state_dict().items():  # unpatched afterwards
+        assert torch.equal(value, base_state[key]), key
+
+
+def test_weight_zero_lora_zero_is_bit_identical(sdxl, easyref):
+    patched = apply(sdxl, easyref, make_embeds(easyref), weight=0.0, lora_strength=0.0)
+    assert not patched.patches
+    assert "patches_replace" not in patched.model_options.get("transformer_options", {})
+    x, context, y = inputs(2)
+    with loaded(patched):
+        a = unet_call(patched, x, context, y, [1, 0])
+    with loaded(sdxl):
+        b = unet_call(sdxl, x, context, y, [1, 0])
+    assert torch.equal(a, b)
+
+
+def test_weight_zero_keeps_only_the_lora_and_lora_zero_only_the_branch(sdxl, easyref):
+    lora_only = apply(sdxl, easyref, make_embeds(easyref), weight=0.0, lora_strength=1.0)
+    assert lora_only.patches and "patches_replace" not in lora_only.model_options.get("transformer_options", {})
+    branch_only = apply(sdxl, easyref, make_embeds(easyref), weight=1.0, lora_strength=0.0)
+    assert not branch_only.patches and branch_only.model_options["transformer_options"]["patches_replace"]["attn2"]
+
+
+def layer_object(patched, key=("middle", 0, 1)):
+    return patched.model_options["transformer_options"]["patches_replace"]["attn2"][key]
+
+
+def layer_call(obj, q, k, v, cond_or_uncond, sigma=5.0, shape=(4, 4), heads=3):
+    options = {
+        "n_heads": heads,
+        "dim_head": q.shape[-1] // heads,
+        "attn_precision": None,
+        "cond_or_uncond": list(cond_or_uncond),
+        "sigmas": torch.full((q.shape[0],), sigma),
+        "activations_shape": [q.shape[0], q.shape[-1], *shape],
+    }
+    with torch.no_grad():
+        return obj(q, k, v, options)
+
+
+def random_qkv(rows, tokens=16, width=192, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(rows, tokens, width, generator=g),
+        torch.randn(rows, TEXT_TOKENS, width, generator=g),
+        torch.randn(rows, TEXT_TOKENS, width, generator=g),
+    )
+
+
+def expected_layer(q, k, v, kinds, branches, heads=3, proc=MIDDLE[1]):
+    """Attn(q, k, v) + sum_b w_b * gate * Attn(q, W_k_ip R, W_v_ip R) in float64, rows mapped by chunk kind."""
+    q, k, v = q.double(), k.double(), v.double()
+    out = mha(q, k, v, heads)
+    per = q.shape[0] // len(kinds)
+    for weights, embeds, weight, gate in branches:
+        k_ip, v_ip = weights[f"{proc}.to_k_ip.weight"].double(), weights[f"{proc}.to_v_ip.weight"].double()
+        for r in range(q.shape[0]):
+            tokens = (embeds.cond if kinds[r // per] == 0 else embeds.uncond).double()
+            ref = mha(q[r : r + 1], tokens @ k_ip.T, tokens @ v_ip.T, heads)
+            out[r : r + 1] += weight * (ref if gate is None else ref * gate[r % per])
+    return out
+
+
+@pytest.mark.parametrize("order", [[1, 0], [0, 1], [0], [1], [1, 0, 0]])
+def test_chunk_orders(sdxl, easyref, unet_weights, order):
+    embeds = make_embeds(easyref, seed=2)
+    obj = layer_object(apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.0))
+    q, k, v = random_qkv(2 * len(order))
+    got = layer_call(obj, q, k, v, order)
+    want = expected_layer(q, k, v, order, [(unet_weights, embeds, 1.0, None)])
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=5e-5)
+
+
+def test_split_calls_equal_the_batched_call(sdxl, easyref):
+    obj = layer_object(apply(sdxl, easyref, make_embeds(easyref, seed=3), weight=1.0, lora_strength=0.0))
+    q, k, v = random_qkv(4)
+    batched = layer_call(obj, q, k, v, [1, 0])
+    negative = layer_call(obj, q[:2], k[:2], v[:2], [1])
+    positive = layer_call(obj, q[2:], k[2:], v[2:], [0])
+    torch.testing.assert_close(torch.cat([negative, positive]), batched, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(negative, layer_call(obj, q[:2], k[:2], v[:2], [0]), atol=1e-3)
+
+
+def test_start_end_window_uses_the_model_sigmas(sdxl, easyref):
+    patched = apply(sdxl, easyref, make_embeds(easyref), weight=1.0, lora_strength=0.0, start_at=0.3, end_at=0.6)
+    obj = layer_object(patched)
+    ms = sdxl.get_model_object("model_sampling")
+    start, end = ms.percent_to_sigma(0.3), ms.percent_to_sigma(0.6)
+    assert obj.kwargs[0]["sigma_start"] == pytest.approx(start) and obj.kwargs[0]["sigma_end"] == pytest.approx(end)
+    q, k, v = random_qkv(2)
+    text = layer_call(easyref_patch.DecoupledCrossAttention(), q, k, v, [1, 0])
+    for sigma, active in [(start * 1.01, False), (start * 0.99, True), ((start + end) / 2, True), (end * 1.01, True),
+                          (end * 0.99, False), (0.03, False)]:  # fmt: skip
+        got = layer_call(obj, q, k, v, [1, 0], sigma=sigma)
+        assert torch.equal(got, text) != active, sigma
+
+
+def test_window_in_a_real_sampler_run(sdxl, easyref):
+    """Count the steps in which the reference branch ran: 10 steps, window 0.3..0.6."""
+    patched = apply(sdxl, easyref, make_embeds(easyref), weight=1.0, lora_strength=0.0, start_at=0.3, end_at=0.6)
+    obj = layer_object(patched)
+    branch = obj.callback[0]
+    calls = []
+    original = branch.__call__
+
+    class Counting:
+        def __call__(self, out, q, k, v, extra_options, **kwargs):
+            calls.append(float(extra_options["sigmas"][0]))
+            return original(out, q, k, v, extra_options, **kwargs)
+
+    obj.callback[0] = Counting()
+    sample(patched, steps=10)
+    ms = sdxl.get_model_object("model_sampling")
+    start, end = ms.percent_to_sigma(0.3), ms.percent_to_sigma(0.6)
+    assert calls and all(start >= s >= end for s in calls)
+    assert 2 <= len(set(calls)) <= 5
+
+
+def test_mask_restricts_the_reference_tokens(sdxl, easyref, unet_weights):
+    embeds = make_embeds(easyref, seed=4)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :32] = 1.0  # top half of the image
+    obj = layer_object(apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.0, attn_mask=mask))
+    q, k, v = random_qkv(4)
+    got = layer_call(obj, q, k, v, [1, 0], shape=(4, 4))
+    gate = torch.tensor([1.0] * 8 + [0.0] * 8).view(1, 16, 1).expand(2, 16, 1).double()
+    want = expected_layer(q, k, v, [1, 0], [(unet_weights, embeds, 1.0, gate)])
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=5e-5)
+    text = layer_call(easyref_patch.DecoupledCrossAttention(), q, k, v, [1, 0])
+    torch.testing.assert_close(got[:, 8:], text[:, 8:])
+    assert not torch.allclose(got[:, :8], text[:, :8], atol=1e-3)
+
+
+def test_two_nodes_stack_both_branches(sdxl, easyref, unet_weights):
+    first, second = make_embeds(easyref, seed=5), make_embeds(easyref, seed=6)
+    once = apply(sdxl, easyref, first, weight=0.6, lora_strength=1.0)
+    twice = apply(once, easyref, second, weight=0.9, lora_strength=0.0)
+    obj = layer_object(twice)
+    assert len(obj.callback) == 2 and len(layer_object(once).callback) == 1  # the first model is unchanged
+    q, k, v = random_qkv(4)
+    want = expected_layer(q, k, v, [1, 0], [(unet_weights, first, 0.6, None), (unet_weights, second, 0.9, None)])
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+    # ComfyUI loads both branches' projections with the UNet
+    assert len(obj.models()) == 2 and len(twice.get_nested_additional_models()) == 2
+
+
+# --- A stand-in for the IPAdapter pack's attn2 object and its patching function (as described in the host facts).
+class IPAdapterLikeReplace:
+    def __init__(self, callback=None, **kwargs):
+        self.callback = [callback]
+        self.kwargs = [kwargs]
+
+    def add(self, callback, **kwargs):
+        self.callback.append(callback)
+        self.kwargs.append(kwargs)
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def __call__(self, q, k, v, extra_options):
+        out = plain_attention(q, k, v, extra_options)
+        sigma = extra_options["sigmas"].detach().cpu()[0].item() if "sigmas" in extra_options else 999999999.9
+        for i, callback in enumerate(self.callback):
+            if sigma <= self.kwargs[i]["sigma_start"] and sigma >= self.kwargs[i]["sigma_end"]:
+                out = out + callback(out, q, k, v, extra_options, **self.kwargs[i])
+        return out
+
+
+def ipadapter_like_attention(out, q, k, v, extra_options, ip_k=None, ip_v=None, weight=1.0, **kwargs):
+    rows = q.shape[0]
+    return weight * plain_attention(q, ip_k.expand(rows, -1, -1), ip_v.expand(rows, -1, -1), extra_options)
+
+
+def ipadapter_like_patch(model, keys, seed=9):
+    """What the IPAdapter pack does: clone, then per key a new object or ``existing.add`` (in place)."""
+    g = torch.Generator().manual_seed(seed)
+    kwargs = {
+        "ip_k": torch.randn(1, 4, 192, generator=g),
+        "ip_v": torch.randn(1, 4, 192, generator=g),
+        "weight": 0.5,
+        "sigma_start": 999999999.9,
+        "sigma_end": 0.0,
+    }
+    patched = model.clone()
+    to = patched.model_options["transformer_options"]
+    replaces = to.get("patches_replace", {}).get("attn2", {})
+    for key in keys:
+        if key in replaces:
+            replaces[key].add(ipadapter_like_attention, **kwargs)
+        else:
+            patched.set_model_attn2_replace(IPAdapterLikeReplace(ipadapter_like_attention, **kwargs), *key)
+    return patched, kwargs
+
+
+def expected_with_ipadapter(q, k, v, order, unet_weights, embeds, ip):
+    want = expected_layer(q, k, v, order, [(unet_weights, embeds, 1.0, None)])
+    return want + 0.5 * mha(q.double(), ip["ip_k"].double().expand(4, -1, -1), ip["ip_v"].double().expand(4, -1, -1), 3)
+
+
+def test_ipadapter_first_then_easyref(sdxl, easyref, unet_weights):
+    keys = [key for _, key, _ in te.SDXL_TINY_LAYOUT]
+    with_ip, ip = ipadapter_like_patch(sdxl, keys)
+    embeds = make_embeds(easyref, seed=7)
+    both = apply(with_ip, easyref, embeds, weight=1.0, lora_strength=0.0)
+    obj = layer_object(both)
+    assert isinstance(obj, IPAdapterLikeReplace) and len(obj.callback) == 2
+    assert len(layer_object(with_ip).callback) == 1  # joined a copy: the IPAdapter model is unchanged
+    q, k, v = random_qkv(4)
+    want = expected_with_ipadapter(q, k, v, [1, 0], unet_weights, embeds, ip)
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+    assert len(both.get_nested_additional_models()) == 1  # the projections still load with the UNet
+
+
+def test_easyref_first_then_ipadapter(sdxl, easyref, unet_weights):
+    embeds = make_embeds(easyref, seed=7)
+    ours = apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.0)
+    keys = list(ours.model_options["transformer_options"]["patches_replace"]["attn2"])
+    both, ip = ipadapter_like_patch(ours, keys)
+    obj = layer_object(both)
+    assert isinstance(obj, easyref_patch.DecoupledCrossAttention) and len(obj.callback) == 2
+    q, k, v = random_qkv(4)
+    want = expected_with_ipadapter(q, k, v, [1, 0], unet_weights, embeds, ip)
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+
+
+def test_a_plain_attn2_replace_is_chained(sdxl, easyref, unet_weights):
+    def doubled_text(q, k, v, extra_options):
+        return 2.0 * plain_attention(q, k, v, extra_options)
+
+    before = sdxl.clone()
+    before.set_model_attn2_replace(doubled_text, "middle", 0)  # a 2-tuple key covers every depth
+    embeds = make_embeds(easyref, seed=8)
+    obj = layer_object(apply(before, easyref, embeds, weight=1.0, lora_strength=0.0))
+    assert obj.inner is doubled_text
+    q, k, v = random_qkv(4)
+    text = mha(q.double(), k.double(), v.double(), 3)
+    want = expected_layer(q, k, v, [1, 0], [(unet_weights, embeds, 1.0, None)]) + text
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+
+
+def test_patch_protocol(sdxl, easyref):
+    patched = apply(sdxl, easyref, make_embeds(easyref))
+    obj = layer_object(patched)
+    import copy
+
+    assert copy.deepcopy(obj) is obj
+    assert obj.to(torch.device("cpu")) is obj and obj.to(torch.float16) is obj
+    (projections,) = obj.models()
+    assert isinstance(projections.model, easyref_patch.ReferenceProjections)
+    assert projections.load_device == sdxl.load_device and projections.offload_device == sdxl.offload_device
+    with loaded(patched):
+        assert any(m.model is projections for m in mm.current_loaded_models)
+    params = sum(p.numel() for p in projections.model.parameters())
+    assert params == sum(2 * width * CONTEXT for _, _, width in te.SDXL_TINY_LAYOUT)
+
+
+def test_non_sdxl_models_are_refused(easyref, easyref_light, sdxl):
+    sd15 = tiny_models.tiny_unet("sd15")
+    with pytest.raises(ValueError, match=r"needs an SDXL model.*cross-attention width is 64"):
+        apply(sd15, easyref, make_embeds(easyref))
+    light = tiny_models.tiny_unet("sdxl_light")
+    with pytest.raises(EasyRefModelMismatch, match=r"(?s)do not fit this model.*down_blocks\.1\.attentions\.0"):
+        apply(light, easyref, make_embeds(easyref))
+    with pytest.raises(
+        EasyRefModelMismatch, match=r"(?s)input_blocks\.4\.1\.transformer_blocks\.0\.attn1: the checkpoint has no"
+    ):
+        apply(sdxl, easyref_light, make_embeds(easyref_light))
+    assert apply(light, easyref_light, make_embeds(easyref_light)) is not None
+
+
+def test_embeds_from_another_checkpoint_are_refused(sdxl, easyref, easyref_light):
+    with pytest.raises(EmbedsFileError, match="different EasyRef checkpoint"):
+        apply(sdxl, easyref, make_embeds(easyref_light))
+
+
+def test_validate_inputs():
+    assert ApplyEasyRef.validate_inputs(start_at=0.2, end_at=0.8) is True
+    assert "start_at" in ApplyEasyRef.validate_inputs(start_at=0.9, end_at=0.1)
+
+
+# --------------------------------------------------------------------------------------------- sampling, ControlNet
+def conditioning(batch, seed, control=None):
+    g = torch.Generator().manual_seed(seed)
+    extras = {"pooled_output": torch.randn(batch, tiny_models.TINY_POOLED_DIM, generator=g)}
+    if control is not None:
+        extras["control"] = control
+        extras["control_apply_to_uncond"] = False
+    return [torch.randn(batch, TEXT_TOKENS, CONTEXT, generator=g), extras]
+
+
+def sample(model, steps=3, positive=None, negative=None, batch=2):
+    latent = torch.zeros(batch, 4, 16, 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(11))
+    positive = positive or [conditioning(batch, 1)]
+    negative = negative or [conditioning(1, 2)]
+    return comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, latent, seed=11,
+                               disable_pbar=True)  # fmt: skip
+
+
+def test_sampling_runs_and_changes_the_result(sdxl, easyref):
+    plain = sample(sdxl)
+    patched = sample(apply(sdxl, easyref, make_embeds(easyref)))
+    assert torch.isfinite(patched).all() and (patched - plain).abs().max() > 1e-3
+
+
+def test_controlnet_sees_text_only(sdxl, easyref):
+    control = te.tiny_controlnet("sdxl")
+    hint = torch.rand(1, 128, 128, 3).movedim(-1, 1)
+    control = control.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+    contexts, control_outputs = [], []
+
+    def record_context(module, args, output):
+        contexts.append(args[0].shape)
+
+    def record_output(module, args, output):
+        control_outputs.append({k: [t.clone() for t in v if t is not None] for k, v in output.items()})
+
+    hooks = [
+        m.register_forward_hook(record_context)
+        for n, m in control.control_model.named_modules()
+        if n.endswith("attn2.to_k")
+    ]
+    hooks.append(control.control_model.register_forward_hook(record_output))
+    calls = []
+    patched = apply(sdxl, easyref, make_embeds(easyref))
+    for obj in patched.model_options["transformer_options"]["patches_replace"]["attn2"].values():
+        branch = obj.callback[0]
+        obj.callback[0] = lambda *a, _b=branch, **kw: calls.append(1) or _b(*a, **kw)
+    try:
+        positive = [conditioning(2, 1, control=control)]
+        sample(sdxl, steps=1, positive=positive)
+        plain_controls = list(control_outputs)
+        control_outputs.clear()
+        contexts.clear()
+        sample(patched, steps=1, positive=positive)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls  # the UNet's cross-attention got the reference branch ...
+    assert contexts and all(shape[1] == TEXT_TOKENS for shape in contexts)  # ... the ControlNet only the text
+    for a, b in zip(plain_controls, control_outputs, strict=True):
+        for key in a:
+            for x, y in zip(a[key], b[key], strict=True):
+                assert torch.equal(x, y)
