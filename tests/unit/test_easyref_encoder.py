@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from refguide.easyref import checkpoint as ckpt
 from refguide.easyref import encoder, preprocess
-from safetensors.torch import load_file
 from refguide_testing import tiny_qwen2vl as tq
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.mllm
 
