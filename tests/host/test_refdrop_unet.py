@@ -221,3 +221,53 @@ def test_sd15_is_supported_too():
     x, context = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 8, 64, generator=g)
     plain, guided = unet_call(sd15, x, context, None, [0]), unet_call(patched, x, context, None, [0])
     assert torch.equal(plain[0], guided[0]) and not torch.allclose(plain[1], guided[1], atol=1e-4)
+
+
+def test_controlnet_model_is_never_patched(sdxl):
+    """The ControlNet runs its own attention: same control outputs with and without RefDrop on the UNet."""
+    from refguide_testing import tiny_easyref
+
+    control = tiny_easyref.tiny_controlnet("sdxl").copy().set_cond_hint(torch.rand(1, 3, 128, 128), 1.0, (0.0, 1.0))
+    outputs = []
+    hook = control.control_model.register_forward_hook(
+        lambda module, args, output: outputs.append([t.clone() for v in output.values() for t in v if t is not None])
+    )
+    try:
+        positive = [conditioning(3, 1)]
+        positive[0][1]["control"] = control
+        plain = sample(sdxl, positive=positive, steps=1)
+        plain_controls = list(outputs)
+        outputs.clear()
+        guided = sample(apply_refdrop(sdxl, strength=0.4), positive=positive, steps=1)
+    finally:
+        hook.remove()
+    assert (guided[1:] - plain[1:]).abs().mean() > 1e-4  # the UNet is guided ...
+    assert len(outputs) == len(plain_controls) > 0  # ... the ControlNet computes exactly the same
+    for a, b in zip(plain_controls, outputs, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_prompt_batch_rows_follow_the_lines_and_mix_token_lengths():
+    from refguide.nodes.refdrop import RefDropPromptBatch
+
+    clip = tiny_models.tiny_clip()
+    long_prompt = ", ".join(["a very detailed photo of a red-haired woman in a green coat"] * 12)  # > 75 tokens
+    lines = ["a red-haired woman, portrait", long_prompt, "", "a red-haired woman on a beach"]
+    (conditioning_out,) = RefDropPromptBatch.execute(clip, "\n".join(lines)).args
+    cond, extras = conditioning_out[0]
+    singles = [clip.encode_from_tokens(clip.tokenize(line), return_pooled=True) for line in lines if line]
+    assert singles[1][0].shape[1] > singles[0][0].shape[1]  # really different token lengths
+    assert cond.shape == (3, singles[1][0].shape[1], 2048) and extras["pooled_output"].shape[0] == 3
+    for row, (single, pooled) in enumerate(singles):
+        repeats = cond.shape[1] // single.shape[1]
+        assert torch.equal(cond[row : row + 1], single.repeat(1, repeats, 1))
+        assert torch.equal(extras["pooled_output"][row], pooled[0])
+    # repeating a whole key/value sequence leaves cross-attention unchanged: each row still sees its own prompt
+    q = torch.randn(1, 16, 2048, dtype=torch.float64)
+    short = singles[0][0].double()
+    assert torch.allclose(
+        torch.nn.functional.scaled_dot_product_attention(q, short, short),
+        torch.nn.functional.scaled_dot_product_attention(q, cond[0:1].double(), cond[0:1].double()),
+    )
+    with pytest.raises(ValueError, match="at least one prompt"):
+        RefDropPromptBatch.execute(clip, "\n  \n")
