@@ -3,7 +3,9 @@
 Peak memory: on CUDA, torch.cuda.max_memory_allocated around the step. On the CPU, the kernel's peak resident
 set (VmHWM) is reset just before the step (`5` written to /proc/self/clear_refs) and read after it; the step's
 peak is that minus the resident set before the step. Each configuration still runs in a fresh subprocess
-(run_isolated) so that allocator caches of one configuration do not serve the other.
+(run_isolated) so that allocator caches of one configuration do not serve the other, with glibc told to map
+every allocation above 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set at
+once and it tracks live memory instead of the allocator's free lists (repeatable within about 1%).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def step_peak_bytes(step: Callable[[], object]) -> int:
 
 def run_isolated(module: str, *args: str) -> dict:
     """Run ``python -m module args`` in a fresh process and parse the JSON line it prints last."""
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=dict(os.environ))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_ARENA_MAX="2")
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
