@@ -15,8 +15,8 @@ from refguide.comfy_patches.refdrop_patch import plain_attention
 from refguide.easyref import encoder
 from refguide.easyref.embeds import EasyRefEmbeds, EmbedsFileError
 from refguide.nodes.easyref import ApplyEasyRef
+from refguide_testing import reference, tiny_models
 from refguide_testing import tiny_easyref as te
-from refguide_testing import tiny_models
 from refguide_testing import tiny_qwen2vl as tq
 
 CONTEXT = 2048
@@ -103,14 +103,7 @@ def unet_call(patcher, x, context, y, cond_or_uncond, sigma=5.0):
 
 # --------------------------------------------------------------------------------------------- float64 reference
 def mha(q, k, v, heads):
-    b, n, c = q.shape
-    d = c // heads
-
-    def split(t):
-        return t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
-
-    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / d**0.5, dim=-1)
-    return (w @ split(v)).transpose(1, 2).reshape(b, n, c)
+    return reference.direct_attention(q, k, v, heads)
 
 
 def merged(base_state, weights, module, proc, projection, strength):

@@ -11,7 +11,7 @@ from comfy_extras.nodes_hypertile import HyperTile
 from comfy_extras.nodes_sag import SelfAttentionGuidance
 from refguide.comfy_patches.refdrop_patch import FallbackNotice, RefDropAttention, RefDropSettings, plain_attention
 from refguide.nodes.refdrop import ApplyRefDrop
-from refguide_testing import tiny_models
+from refguide_testing import reference, tiny_models
 
 CONTEXT = 2048
 
@@ -111,11 +111,7 @@ def test_layer_output_matches_equation_7_on_real_attention():
     qd, kd, vd = q.double(), k.double(), v.double()
 
     def attn(a, b, c):
-        def split(t):
-            return t.reshape(t.shape[0], -1, 2, 64).transpose(1, 2)
-
-        w = torch.softmax(split(a) @ split(b).transpose(-1, -2) / 8.0, dim=-1)
-        return (w @ split(c)).transpose(1, 2).reshape(a.shape[0], -1, 128)
+        return reference.direct_attention(a, b, c, heads=2)
 
     for chunk in range(2):
         base = chunk * 3

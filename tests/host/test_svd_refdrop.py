@@ -9,7 +9,7 @@ from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangle
 from refguide.comfy_patches.refdrop_patch import plain_attention
 from refguide.comfy_patches.svd_refdrop_patch import TemporalRefDropAttention
 from refguide.nodes.svd import SVDTemporalRefDrop
-from refguide_testing import tiny_models
+from refguide_testing import reference, tiny_models
 
 
 def apply_svd_refdrop(model, strength=0.2, reference_frame=0, start_percent=0.0, end_percent=1.0):
@@ -63,12 +63,7 @@ def record_calls(patched):
 
 
 def direct_attention(q, k, v, heads):
-    def split(t):
-        return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
-
-    d = q.shape[-1] // heads
-    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / d**0.5, dim=-1)
-    return (w @ split(v)).transpose(1, 2).reshape(q.shape)
+    return reference.direct_attention(q, k, v, heads)
 
 
 @pytest.mark.parametrize("frames,reference_frame", [(4, 0), (5, 2)])

@@ -8,31 +8,17 @@ from refguide.attention_patches.decoupled import (
     decoupled_reference_term,
     mask_for_tokens,
 )
+from refguide_testing import reference
 
 HEADS = 2
 
 
 def direct_attention(q, k, v, heads=HEADS):
-    """softmax(Q K^T / sqrt(d)) V per head, written out (the definition; float64 here)."""
-    b, n, c = q.shape
-    d = c // heads
-
-    def split(x):
-        return x.reshape(x.shape[0], x.shape[1], heads, d).transpose(1, 2)
-
-    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / d**0.5, dim=-1)
-    return (weights @ split(v)).transpose(1, 2).reshape(b, n, c)
+    return reference.direct_attention(q, k, v, heads)
 
 
 def sdpa_attention(q, k, v, heads=HEADS):
-    """A fused kernel like ComfyUI's backends: never materialises the weights."""
-    b, _, c = q.shape
-
-    def split(x):
-        return x.reshape(x.shape[0], -1, heads, c // heads).transpose(1, 2)
-
-    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(b, -1, c)
+    return reference.sdpa_attention(q, k, v, heads)
 
 
 def tensors(rows, tokens=12, text=5, refs=7, width=16, seed=0):
