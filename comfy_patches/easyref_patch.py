@@ -15,15 +15,12 @@ UNet through ``models()``), the group's conditional/unconditional reference toke
 from __future__ import annotations
 
 import copy
-import logging
 
 import comfy.ops
 import torch
 
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
-from .refdrop_patch import plain_attention
-
-logger = logging.getLogger(__name__)
+from .refdrop_patch import FallbackNotice, plain_attention
 
 ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window
 
@@ -55,17 +52,9 @@ class ReferenceProjections(torch.nn.Module):
         return self.to_k_ip[name](tokens), self.to_v_ip[name](tokens)
 
 
-class FallbackNotice:
-    """Logs the 'batch layout not understood, reference branch skipped' warning once per Apply EasyRef node."""
-
-    def __init__(self, node_name: str = "Apply EasyRef"):
-        self.node_name = node_name
-        self.reported = False
-
-    def report(self, reason: str) -> None:
-        if not self.reported:
-            self.reported = True
-            logger.warning("%s: %s; the reference branch was skipped for this attention call.", self.node_name, reason)
+def fallback_notice(node_name: str = "Apply EasyRef") -> FallbackNotice:
+    """The once-per-node warning for attn2 calls whose batch layout the reference branch cannot map."""
+    return FallbackNotice(node_name, "the reference branch is skipped for such attention calls (reported once).")
 
 
 def token_grid(tokens: int, extra_options: dict) -> tuple[int, int] | None:
@@ -97,7 +86,7 @@ class EasyRefBranch:
         self.tokens = {0: cond, 1: uncond}
         self.weight = float(weight)
         self.mask = mask
-        self.notice = notice or FallbackNotice()
+        self.notice = notice or fallback_notice()
 
     def __call__(self, out, q, k, v, extra_options, **kwargs):
         kinds = chunk_kinds(q.shape[0], extra_options.get("cond_or_uncond"))

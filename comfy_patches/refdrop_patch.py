@@ -35,21 +35,22 @@ class RefDropSettings:
 
 
 class FallbackNotice:
-    """Logs the 'layout not understood, plain attention used' warning once per patched model."""
+    """Logs a 'layout not understood, this call runs without the patch' warning once per patched model."""
 
-    def __init__(self, node_name: str):
+    PLAIN_SELF_ATTENTION = (
+        "such attention calls run as plain self-attention (reported once). Guidance stays active wherever the "
+        "layout is intact."
+    )
+
+    def __init__(self, node_name: str, consequence: str = PLAIN_SELF_ATTENTION):
         self.node_name = node_name
+        self.consequence = consequence
         self.reported = False
 
     def report(self, reason: str) -> None:
         if not self.reported:
             self.reported = True
-            logger.warning(
-                "%s: %s; such attention calls run as plain self-attention (reported once). Guidance stays active "
-                "wherever the layout is intact.",
-                self.node_name,
-                reason,
-            )
+            logger.warning("%s: %s; %s", self.node_name, reason, self.consequence)
 
 
 def plain_attention(q, k, v, extra_options):

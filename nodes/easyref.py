@@ -473,7 +473,7 @@ def apply_easyref(model, easyref, embeds, weight, lora_strength, start_at=0.0, e
         PROJECTIONS_KEY: projections_patcher,
     }
     mask = attn_mask.float().cpu() if attn_mask is not None else None
-    notice = easyref_patch.FallbackNotice()
+    notice = easyref_patch.fallback_notice()
     for layer in layout.cross_layers:
         branch = easyref_patch.EasyRefBranch(
             projections, layer.name, embeds.cond, embeds.uncond, weight, mask=mask, notice=notice
