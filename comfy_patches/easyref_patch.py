@@ -21,6 +21,7 @@ import torch
 
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
 from .refdrop_patch import FallbackNotice, plain_attention
+from .step_window import in_sigma_window
 
 ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window
 
@@ -122,11 +123,7 @@ class EasyRefBranch:
 
 
 def _active(extra_options: dict, kwargs: dict) -> bool:
-    sigmas = extra_options.get("sigmas")
-    if sigmas is None:
-        return True
-    sigma = float(sigmas.detach().flatten()[0])
-    return kwargs.get("sigma_start", ALWAYS[0]) >= sigma >= kwargs.get("sigma_end", ALWAYS[1])
+    return in_sigma_window(extra_options, kwargs.get("sigma_start", ALWAYS[0]), kwargs.get("sigma_end", ALWAYS[1]))
 
 
 class DecoupledCrossAttention:

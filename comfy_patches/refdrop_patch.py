@@ -10,6 +10,7 @@ import comfy.ldm.modules.attention as comfy_attention
 from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import reference_feature_guidance_
 from .model_blocks import existing_replace
+from .step_window import in_sigma_window
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +25,7 @@ class RefDropSettings:
     sigma_range: tuple[float, float] | None = None  # (sigma_start, sigma_end), inclusive; None = every step
 
     def active_at(self, extra_options: dict) -> bool:
-        if self.sigma_range is None:
-            return True
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.detach().flatten()[0])
-        start, end = self.sigma_range
-        return start >= sigma >= end
+        return self.sigma_range is None or in_sigma_window(extra_options, *self.sigma_range)
 
 
 class FallbackNotice:

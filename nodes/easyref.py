@@ -19,6 +19,7 @@ import torch
 from comfy_api.latest import io
 
 from ..comfy_patches import easyref_lora, easyref_patch, model_blocks
+from ..comfy_patches.step_window import sigma_window
 from ..easyref import checkpoint as ckpt
 from ..easyref import embeds as embeds_mod
 from ..easyref import encoder
@@ -466,12 +467,8 @@ def apply_easyref(model, easyref, embeds, weight, lora_strength, start_at=0.0, e
     patched.set_additional_models(
         PROJECTIONS_KEY, patched.get_additional_models_with_key(PROJECTIONS_KEY) + [projections_patcher]
     )
-    model_sampling = model.get_model_object("model_sampling")
-    kwargs = {
-        "sigma_start": float(model_sampling.percent_to_sigma(start_at)),
-        "sigma_end": float(model_sampling.percent_to_sigma(end_at)),
-        PROJECTIONS_KEY: projections_patcher,
-    }
+    sigma_start, sigma_end = sigma_window(model, start_at, end_at)
+    kwargs = {"sigma_start": sigma_start, "sigma_end": sigma_end, PROJECTIONS_KEY: projections_patcher}
     mask = attn_mask.float().cpu() if attn_mask is not None else None
     notice = easyref_patch.fallback_notice()
     for layer in layout.cross_layers:

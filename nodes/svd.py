@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..comfy_patches import model_blocks
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
+from ..comfy_patches.step_window import sigma_window
 from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
 
 WRAPPER_KEY = "refguide_svd_temporal_refdrop"
@@ -87,11 +88,7 @@ class SVDTemporalRefDrop(io.ComfyNode):
             return io.NodeOutput(model.clone())
         sigma_range = None
         if start_percent > 0.0 or end_percent < 1.0:
-            sampling = model.get_model_object("model_sampling")
-            sigma_range = (
-                float(sampling.percent_to_sigma(start_percent)),
-                float(sampling.percent_to_sigma(end_percent)),
-            )
+            sigma_range = sigma_window(model, start_percent, end_percent)
         settings = RefDropSettings((reference_frame,), (strength,), "SVD Temporal RefDrop", sigma_range)
         blocks = model_blocks.transformer_blocks(model)
         patched = patch_self_attention(model, settings, blocks, TemporalRefDropAttention)
