@@ -26,7 +26,7 @@ def reference_feature_guidance_(
     coefficients: Sequence[float],
     attention: AttentionFn,
 ) -> torch.Tensor:
-    """RFG, Eq. 7 (Eq. 5 when there is one reference), written into ``self_attention`` in place.
+    """RFG, Eq. 6 (Eq. 5 when there is one reference), written into ``self_attention`` in place.
 
     For every guided row i of every chunk:
         X_i' = sum_j c_j * Attn(Q_i, K_j, V_j) + (1 - sum_j c_j) * Attn(Q_i, K_i, V_i)

@@ -26,12 +26,8 @@ setup_host(pytorch_attention="--pytorch-attention" in sys.argv)
 import comfy.model_management as mm  # noqa: E402
 import comfy.sample  # noqa: E402
 import torch  # noqa: E402
-from refguide.comfy_patches.refdrop_patch import (  # noqa: E402
-    FallbackNotice,
-    RefDropAttention,
-    RefDropSettings,
-    plain_attention,
-)
+from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention  # noqa: E402
+from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings  # noqa: E402
 from refguide.nodes.refdrop import ApplyRefDrop  # noqa: E402
 from refguide.nodes.svd import SVDTemporalRefDrop  # noqa: E402
 from refguide_testing import tiny_models  # noqa: E402

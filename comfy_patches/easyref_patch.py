@@ -20,7 +20,7 @@ import comfy.ops
 import torch
 
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
-from .refdrop_patch import FallbackNotice, plain_attention
+from .attention_calls import FallbackNotice, plain_attention
 from .step_window import in_sigma_window
 
 ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-
-import comfy.ldm.modules.attention as comfy_attention
 
 from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import reference_feature_guidance_
+from .attention_calls import FallbackNotice, feature_map_tokens, plain_attention
 from .model_blocks import existing_replace
 from .step_window import in_sigma_window
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,39 +24,8 @@ class RefDropSettings:
         return self.sigma_range is None or in_sigma_window(extra_options, *self.sigma_range)
 
 
-class FallbackNotice:
-    """Logs a 'layout not understood, this call runs without the patch' warning once per patched model."""
-
-    PLAIN_SELF_ATTENTION = (
-        "such attention calls run as plain self-attention (reported once). Guidance stays active wherever the "
-        "layout is intact."
-    )
-
-    def __init__(self, node_name: str, consequence: str = PLAIN_SELF_ATTENTION):
-        self.node_name = node_name
-        self.consequence = consequence
-        self.reported = False
-
-    def report(self, reason: str) -> None:
-        if not self.reported:
-            self.reported = True
-            logger.warning("%s: %s; %s", self.node_name, reason, self.consequence)
-
-
-def plain_attention(q, k, v, extra_options):
-    """Self-attention as ComfyUI's CrossAttention computes it: the user's attention backend and overrides."""
-    return comfy_attention.optimized_attention(
-        q,
-        k,
-        v,
-        heads=extra_options["n_heads"],
-        attn_precision=extra_options.get("attn_precision"),
-        transformer_options=extra_options,
-    )
-
-
 class RefDropAttention:
-    """attn1 replace: inner self-attention (chained patch or plain) plus Eq. 7 on the guided rows.
+    """attn1 replace: inner self-attention (chained patch or plain) plus Eq. 6 on the guided rows.
 
     ``inner`` is whatever replace patch was registered for this block before (SAG's middle-block patch, for
     instance): it computes Attn(Q_i, K_i, V_i) for the whole batch, so it still sees what it expects.
@@ -116,7 +81,7 @@ class RefDropAttention:
                 "the batch layout"
             )
             return False
-        if activations is not None and (activations[0] != batch or _tokens(activations) != q.shape[1]):
+        if activations is not None and (activations[0] != batch or feature_map_tokens(activations) != q.shape[1]):
             self.notice.report(
                 f"attention input {tuple(q.shape[:2])} does not match the feature map {activations}: another patch "
                 "(e.g. HyperTile) changed the batch or token layout"
@@ -143,13 +108,6 @@ class RefDropAttention:
 
     def __deepcopy__(self, memo):
         return self
-
-
-def _tokens(activations_shape) -> int:
-    tokens = 1
-    for size in activations_shape[2:]:
-        tokens *= size
-    return tokens
 
 
 def patch_self_attention(model, settings: RefDropSettings, blocks, attention_class=RefDropAttention):

@@ -9,7 +9,8 @@ The shapes are checked as well: a call whose shape does not fit its role runs un
 
 from __future__ import annotations
 
-from .refdrop_patch import RefDropAttention, _tokens
+from .attention_calls import feature_map_tokens
+from .refdrop_patch import RefDropAttention
 
 FRAMES_KEY = "refguide_video_frames"
 CALLS_KEY = "refguide_attn1_calls"
@@ -46,7 +47,7 @@ class TemporalRefDropAttention(RefDropAttention):
         key = (extra_options.get("block"), extra_options.get("block_index", 0))
         order = calls.get(key, 0)
         calls[key] = order + 1
-        batch, tokens = activations[0], _tokens(activations)
+        batch, tokens = activations[0], feature_map_tokens(activations)
         if order % 2 == 1:  # the temporal block (time_stack) of this depth index
             if q.shape[0] != batch // frames * tokens or q.shape[1] != frames:
                 self.notice.report(

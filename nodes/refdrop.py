@@ -7,7 +7,7 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..comfy_patches import model_blocks
+from ..comfy_patches import model_blocks, model_families
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 
 CATEGORY = "RefDrop"
@@ -41,7 +41,7 @@ def parse_block_names(text: str) -> list[str]:
 
 
 def coefficients_for(strength: float, reference_count: int, reference_strengths: str) -> list[float]:
-    """One c_j per reference: the per-reference list when given (Eq. 7), else `strength` for each (Eq. 5)."""
+    """One c_j per reference: the per-reference list when given (Eq. 6), else `strength` for each (Eq. 5)."""
     if reference_strengths and reference_strengths.strip():
         values = parse_strengths(reference_strengths)
         if len(values) != reference_count:
@@ -103,7 +103,7 @@ class ApplyRefDrop(io.ComfyNode):
                     default="",
                     optional=True,
                     tooltip=(
-                        "Optional: one strength per reference, e.g. '0.3, 0.3' to blend two references (Eq. 7; "
+                        "Optional: one strength per reference, e.g. '0.3, 0.3' to blend two references (Eq. 6; "
                         "paper: 0.2-0.4 each). Overrides `strength`; must list exactly reference_count values."
                     ),
                 ),
@@ -136,17 +136,8 @@ class ApplyRefDrop(io.ComfyNode):
         cls, model, strength, reference_count, skip_up1, reference_strengths="", exclude_blocks=""
     ) -> io.NodeOutput:
         coefficients = coefficients_for(strength, reference_count, reference_strengths or "")
-        if model_blocks.is_video_model(model):
-            raise ValueError(
-                "Apply RefDrop is for image models (SD1.x, SD2.x, SDXL). This is a video model (Stable Video "
-                "Diffusion): use the 'SVD Temporal RefDrop' node instead, which guides only spatial attention."
-            )
+        model_families.require_family(model, "Apply RefDrop", (model_families.IMAGE_UNET,))
         blocks = model_blocks.transformer_blocks(model)
-        if not blocks:
-            raise ValueError(
-                f"Apply RefDrop supports SD1.x, SD2.x and SDXL UNet models; this model "
-                f"({type(model.model).__name__}) has no UNet transformer blocks to patch."
-            )
         excluded = set(parse_block_names(exclude_blocks or ""))
         valid = [block.label for block in blocks]
         unknown = sorted(excluded - set(valid))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..comfy_patches import model_blocks
+from ..comfy_patches import model_blocks, model_families
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 from ..comfy_patches.step_window import sigma_window
 from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
@@ -77,11 +77,7 @@ class SVDTemporalRefDrop(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
-        if not model_blocks.is_video_model(model):
-            raise ValueError(
-                "SVD Temporal RefDrop needs a video model with temporal layers (Stable Video Diffusion). For image "
-                "models (SD1.x, SD2.x, SDXL) use 'Apply RefDrop', which guides a batch of images toward references."
-            )
+        model_families.require_family(model, "SVD Temporal RefDrop", (model_families.VIDEO_UNET,))
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
         if strength == 0.0:

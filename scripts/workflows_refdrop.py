@@ -79,7 +79,7 @@ def blend_two_references() -> Workflow:
     note = (
         "## RefDrop: blending two references\n\n"
         "Images 1 and 2 are references (`reference_count` = 2), each with its own strength "
-        "(`reference_strengths` = 0.3, 0.3: Eq. 7 of the paper, one extra attention per reference). Images 3 and 4 "
+        "(`reference_strengths` = 0.3, 0.3: Eq. 6 of the paper, one extra attention per reference). Images 3 and 4 "
         "mix features of both (paper: 0.2-0.4 per reference for two or three references).\n\n" + MODEL_NOTE
     )
     return sdxl_refdrop(prompts, [0.3, 2, False, "0.3, 0.3", ""], 4, note, 1234, "RefDrop_blend")

@@ -10,8 +10,8 @@ import comfy.sample
 import pytest
 import torch
 from refguide.comfy_patches import easyref_patch
+from refguide.comfy_patches.attention_calls import plain_attention
 from refguide.comfy_patches.easyref_lora import EasyRefModelMismatch
-from refguide.comfy_patches.refdrop_patch import plain_attention
 from refguide.easyref import encoder
 from refguide.easyref.embeds import EasyRefEmbeds, EmbedsFileError
 from refguide.nodes.easyref import ApplyEasyRef

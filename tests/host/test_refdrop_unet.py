@@ -9,7 +9,8 @@ import pytest
 import torch
 from comfy_extras.nodes_hypertile import HyperTile
 from comfy_extras.nodes_sag import SelfAttentionGuidance
-from refguide.comfy_patches.refdrop_patch import FallbackNotice, RefDropAttention, RefDropSettings, plain_attention
+from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention
+from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import reference, tiny_models
 
@@ -144,7 +145,7 @@ def test_models_without_unet_blocks_are_refused():
                                        "num_patches": 256, "context_embedder_config": None,
                                        "adm_in_channels": 64}).get_model({})  # fmt: skip
     patcher = comfy.model_patcher.ModelPatcher(dit, torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="supports SD1.x, SD2.x and SDXL UNet models.*SD3"):
+    with pytest.raises(ValueError, match="works with SD1.x, SD2.x, SDXL models; this model \\(SD3\\) is not supported"):
         apply_refdrop(patcher)
 
 

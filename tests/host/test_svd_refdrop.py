@@ -6,7 +6,7 @@ import comfy.sample
 import pytest
 import torch
 from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangleCFGGuidance
-from refguide.comfy_patches.refdrop_patch import plain_attention
+from refguide.comfy_patches.attention_calls import plain_attention
 from refguide.comfy_patches.svd_refdrop_patch import TemporalRefDropAttention
 from refguide.nodes.svd import SVDTemporalRefDrop
 from refguide_testing import reference, tiny_models

@@ -1,4 +1,4 @@
-"""RefDrop's equations (Eq. 5, Eq. 7, concatenated attention) against direct float64 computations."""
+"""RefDrop's equations (Eq. 5, Eq. 6, concatenated attention) against direct float64 computations."""
 
 import pytest
 import torch
@@ -23,7 +23,7 @@ def random_qkv(batch, tokens=12, width=16, seed=0, dtype=torch.float64):
 
 
 def expected_rfg(q, k, v, chunks, per_chunk, references, coefficients):
-    """Eq. 7 row by row: sum_j c_j Attn(Q_i, K_j, V_j) + (1 - sum_j c_j) Attn(Q_i, K_i, V_i)."""
+    """Eq. 6 row by row: sum_j c_j Attn(Q_i, K_j, V_j) + (1 - sum_j c_j) Attn(Q_i, K_i, V_i)."""
     out = direct_attention(q, k, v).clone()
     for chunk in range(chunks):
         base = chunk * per_chunk
@@ -44,7 +44,7 @@ def expected_rfg(q, k, v, chunks, per_chunk, references, coefficients):
     [
         (2, 4, (0,), (0.3,)),  # Eq. 5, positive + negative chunks
         (1, 3, (0,), (-0.3,)),  # negative c extrapolates, no clamping
-        (3, 5, (0, 1), (0.3, 0.2)),  # Eq. 7, two references with their own c_j
+        (3, 5, (0, 1), (0.3, 0.2)),  # Eq. 6, two references with their own c_j
         (2, 6, (0, 1, 2), (0.25, 0.4, -0.1)),
         (2, 5, (2,), (0.2,)),  # reference in the middle of the chunk (video reference frame)
         (1, 2, (0,), (1.0,)),  # c = 1: cross-frame attention

@@ -1,0 +1,76 @@
+"""Which family a ComfyUI MODEL belongs to, and the one check every node uses to accept or refuse it.
+
+A family has a user-facing name ("SDXL", "Stable Video Diffusion", ...) and a kind that decides which node
+handles it. Refusals name the node to use instead, or the families the node supports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import model_blocks
+
+IMAGE_UNET = "image UNet"
+VIDEO_UNET = "video UNet"
+IMAGE_DIT = "image diffusion transformer"
+VIDEO_DIT = "video diffusion transformer"
+OTHER = "other"
+
+# The node that handles each kind, named in refusals ("use ... instead").
+NODE_FOR_KIND = {
+    IMAGE_UNET: "Apply RefDrop",
+    VIDEO_UNET: "SVD Temporal RefDrop",
+}
+
+# Families by kind, as refusals list them.
+FAMILY_NAMES = {
+    IMAGE_UNET: ("SD1.x", "SD2.x", "SDXL"),
+    VIDEO_UNET: ("Stable Video Diffusion",),
+}
+
+# UNet cross-attention width -> family name (the model config's context_dim).
+_UNET_CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model's family name (user-facing) and kind (which node handles it)."""
+
+    name: str
+    kind: str
+
+
+def model_family(model_patcher) -> ModelFamily:
+    """The family of a ComfyUI ModelPatcher's model."""
+    model = model_patcher.model
+    if model_blocks.is_video_model(model_patcher):
+        return ModelFamily("Stable Video Diffusion", VIDEO_UNET)
+    if model_blocks.transformer_blocks(model_patcher):
+        unet_config = getattr(getattr(model, "model_config", None), "unet_config", {}) or {}
+        name = _UNET_CONTEXT_FAMILY.get(unet_config.get("context_dim"), "SD-family UNet")
+        return ModelFamily(name, IMAGE_UNET)
+    return ModelFamily(type(model).__name__, OTHER)
+
+
+def require_family(
+    model_patcher, node_name: str, kinds: tuple[str, ...], families: tuple[str, ...] | None = None
+) -> ModelFamily:
+    """The model's family when ``node_name`` supports it, else a ValueError that says what to use instead.
+
+    ``kinds`` are the kinds the node accepts; ``families`` (optional) narrows them to named families.
+    """
+    family = model_family(model_patcher)
+    supported = families or tuple(name for kind in kinds for name in FAMILY_NAMES.get(kind, ()))
+    if family.kind in kinds and (families is None or family.name in families):
+        return family
+    listing = ", ".join(supported)
+    other_node = NODE_FOR_KIND.get(family.kind)
+    if family.kind != OTHER and other_node and other_node != node_name and family.kind not in kinds:
+        raise ValueError(
+            f"{node_name} works with {listing} models; this is a {family.name} model ({family.kind}): use the "
+            f"'{other_node}' node instead."
+        )
+    raise ValueError(
+        f"{node_name} works with {listing} models; this model ({family.name}) is not supported. Load a {listing} "
+        "checkpoint."
+    )
