@@ -3,6 +3,9 @@
 ComfyUI imports this folder as a custom node pack and calls ``comfy_entrypoint`` (V3 node API).
 """
 
+from .comfy_patches.easyref_files import register_model_folders
 from .nodes import comfy_entrypoint
+
+register_model_folders()  # models/LLM and models/easyref, before the nodes list their files
 
 __all__ = ["comfy_entrypoint"]

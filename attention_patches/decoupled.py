@@ -1,6 +1,6 @@
 """Decoupled cross-attention (EasyRef / IP-Adapter style): text and reference tokens in two separate softmaxes.
 
-EasyRef (arXiv 2412.09618, "Injecting into SDXL" in the spec) adds to every cross-attention layer
+EasyRef (arXiv 2412.09618, Sec. 3, following IP-Adapter) adds to every cross-attention layer
 
     out = Attn(Q, K_text, V_text) + scale * Attn(Q, W_k_ip · R, W_v_ip · R)            (decoupled cross-attention)
 
@@ -8,7 +8,8 @@ before the layer's output projection, where R are the 64 reference tokens of the
 never share a softmax. With classifier-free guidance, the positive guidance chunks use the conditional reference
 tokens and the negative chunks the unconditional ones (black image, bare instruction).
 
-This module is plain torch: the attention function is passed in (ComfyUI's ``optimized_attention`` in the host),
+:func:`decoupled_reference_term` computes the second term; the text term is the layer's own attention, computed
+(or chained) by the ComfyUI glue, which adds the two. This module is plain torch: the attention function is passed in (ComfyUI's ``optimized_attention`` in the host),
 so no attention matrix is ever materialised here.
 """
 
@@ -93,19 +94,3 @@ def decoupled_reference_term(
         gate = token_mask.to(device=term.device, dtype=term.dtype)
         term = (term.view(chunks, -1, *term.shape[1:]) * gate).view(term.shape)
     return term * scale
-
-
-def decoupled_cross_attention(
-    q: torch.Tensor,
-    k_text: torch.Tensor,
-    v_text: torch.Tensor,
-    reference_keys: dict[int, torch.Tensor],
-    reference_values: dict[int, torch.Tensor],
-    kinds: Sequence[int],
-    scale: float,
-    attention: Attention,
-    token_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """out = Attn(Q, K_text, V_text) + scale * Attn(Q, W_k_ip·R, W_v_ip·R): EasyRef's decoupled cross-attention."""
-    text = attention(q, k_text, v_text)
-    return text + decoupled_reference_term(q, reference_keys, reference_values, kinds, scale, attention, token_mask)

@@ -35,10 +35,6 @@ class ChunkLayout:
             segments.append((start, self.rows_per_chunk))
         return tuple(segments)
 
-    @property
-    def guided_rows_per_chunk(self) -> int:
-        return self.rows_per_chunk - len(self.reference_rows)
-
 
 def chunk_layout(batch_rows: int, chunk_count: int, reference_rows: tuple[int, ...]) -> ChunkLayout | None:
     """The layout of ``batch_rows`` rows split into ``chunk_count`` equal chunks, or None if they do not split.

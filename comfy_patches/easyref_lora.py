@@ -6,7 +6,8 @@ The checkpoint names its UNet-side weights after diffusers attention processors,
 (``comfy.utils.unet_to_diffusers``, exposed for LoRA files by ``comfy.lora.model_lora_keys_unet``, which maps
 ``<block>.attnN.processor.to_q`` to ``diffusion_model.<...>.attnN.to_q.weight``); this module only uses that map,
 checks that the processors fit the model (same layers, same widths) and builds the patches with ComfyUI's own
-LoRA loader, so the LoRA composes with other LoRAs, low-VRAM loading and unpatching.
+LoRA loader, so the LoRA composes with other LoRAs, low-VRAM loading and unpatching. The checkpoint's key format
+is read through ``easyref/checkpoint.py`` (its one owner).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from dataclasses import dataclass, field
 import comfy.lora
 import torch
 
-PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+from ..easyref import checkpoint as ckpt
+
+# The ComfyUI UNet weight behind each LoRA projection of a processor.
 MODEL_WEIGHT = {"to_q": "to_q.weight", "to_k": "to_k.weight", "to_v": "to_v.weight", "to_out": "to_out.0.weight"}
-_PROCESSOR_KEY = re.compile(r"^(?P<proc>.+\.attn[12]\.processor)\.(?P<name>.+)$")
 _MODEL_ATTENTION = re.compile(r"^(?P<prefix>diffusion_model\..+\.transformer_blocks\.\d+\.attn[12])\.to_q\.weight$")
 _BLOCK = re.compile(
     r"^diffusion_model\.(?:(?P<group>input|output)_blocks\.(?P<id>\d+)\.\d+|middle_block\.\d+)"
@@ -37,7 +39,6 @@ class CrossAttentionLayer:
 
     processor: str  # diffusers processor name, e.g. "mid_block.attentions.0.transformer_blocks.3.attn2.processor"
     block_key: tuple[str, int, int]  # ComfyUI's attn2 patch key (block_name, block_id, block_index)
-    width: int
 
     @property
     def name(self) -> str:
@@ -50,16 +51,6 @@ class ProcessorMap:
 
     lora_targets: dict[str, str] = field(default_factory=dict)  # "<proc>.to_q" -> "diffusion_model....to_q.weight"
     cross_layers: list[CrossAttentionLayer] = field(default_factory=list)
-
-
-def processors(unet_state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Group the ``unet.`` tensors (prefix stripped) by attention processor."""
-    grouped: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in unet_state_dict.items():
-        match = _PROCESSOR_KEY.match(key)
-        if match:
-            grouped.setdefault(match.group("proc"), {})[match.group("name")] = tensor
-    return grouped
 
 
 def block_key(module_prefix: str) -> tuple[str, int, int]:
@@ -86,7 +77,7 @@ def map_processors(model_patcher, unet_state_dict: dict[str, torch.Tensor], cros
     state = model.state_dict()
     model_layers = {m.group("prefix") for m in map(_MODEL_ATTENTION.match, state) if m}
     key_map = comfy.lora.model_lora_keys_unet(model, {})
-    grouped = processors(unet_state_dict)
+    grouped, _ = ckpt.unet_processors(unet_state_dict)  # stray keys: refused when the checkpoint loads
     result = ProcessorMap()
     layer_problems: list[str] = []  # layers missing on either side: listed first
     shape_problems: list[str] = []
@@ -99,10 +90,11 @@ def map_processors(model_patcher, unet_state_dict: dict[str, torch.Tensor], cros
         prefix = target[: -len(".to_q.weight")]
         covered.add(prefix)
         mismatched = []
-        for projection in PROJECTIONS:
+        for projection in ckpt.LORA_PROJECTIONS:
             weight_key = f"{prefix}.{MODEL_WEIGHT[projection]}"
             weight = state.get(weight_key)
-            up, down = names.get(f"{projection}_lora.up.weight"), names.get(f"{projection}_lora.down.weight")
+            up = names.get(ckpt.lora_weight_name(projection, "up"))
+            down = names.get(ckpt.lora_weight_name(projection, "down"))
             if weight is None or up is None or down is None:
                 shape_problems.append(
                     f"{proc}.{projection}_lora: missing on the {'model' if weight is None else 'checkpoint'}"
@@ -113,14 +105,14 @@ def map_processors(model_patcher, unet_state_dict: dict[str, torch.Tensor], cros
                 result.lora_targets[f"{proc}.{projection}"] = weight_key
         if mismatched:
             shape_problems.append(f"{proc}: LoRA shapes do not fit {prefix} ({', '.join(mismatched)})")
-        if proc.endswith("attn2.processor"):
+        if ckpt.is_cross_attention(proc):
             width = state[f"{prefix}.to_k.weight"].shape[0]
-            for name in ("to_k_ip.weight", "to_v_ip.weight"):
+            for name in (f"{n}.weight" for n in ckpt.REFERENCE_PROJECTIONS):
                 ip = names.get(name)
                 if ip is None or tuple(ip.shape) != (width, cross_dim):
                     got = "missing" if ip is None else list(ip.shape)
                     shape_problems.append(f"{proc}.{name}: {got}, the model's layer needs [{width}, {cross_dim}]")
-            result.cross_layers.append(CrossAttentionLayer(proc, block_key(prefix), width))
+            result.cross_layers.append(CrossAttentionLayer(proc, block_key(prefix)))
     for prefix in sorted(model_layers - covered):
         layer_problems.append(f"{prefix[len('diffusion_model.') :]}: the checkpoint has no processor for this layer")
     problems = layer_problems + shape_problems
@@ -138,8 +130,7 @@ def lora_patches(unet_state_dict: dict[str, torch.Tensor], processor_map: Proces
     ComfyUI's LoRA loader reads the diffusers ``<proc>.to_q_lora.{up,down}.weight`` naming itself; the patched
     weight is W + strength * up @ down (``ModelPatcher.add_patches(patches, strength)``).
     """
-    lora_tensors = {k: v for k, v in unet_state_dict.items() if "_lora." in k}
-    patches = comfy.lora.load_lora(lora_tensors, dict(processor_map.lora_targets))
+    patches = comfy.lora.load_lora(ckpt.lora_tensors(unet_state_dict), dict(processor_map.lora_targets))
     missing = sorted(set(processor_map.lora_targets.values()) - set(patches))
     if missing:
         raise EasyRefModelMismatch(

@@ -9,7 +9,14 @@ Branches follow the IPAdapter pack's protocol (``add(callback, **kwargs)`` with 
 the kwargs), so an IPAdapter patch applied after ours joins this object, and an EasyRef branch joins an
 IPAdapter object that was there first. An :class:`EasyRefBranch` is one Apply EasyRef node at one layer: the
 layer's reference K/V projections (held by a :class:`ReferenceProjections` module that ComfyUI loads with the
-UNet through ``models()``), the group's conditional/unconditional reference tokens, the weight and the mask.
+UNet as an additional model, see ``easyref_glue``), the group's conditional/unconditional reference tokens, the
+weight and the mask.
+
+Model clones never share an attn2 object that carries EasyRef branches, so a pack that ``add``s to the object it
+finds on its clone (IPAdapter mutates it in place) cannot change the model it cloned: on ComfyUI versions whose
+``clone()`` shares objects (0.30.0 copies dicts and lists only), the ``CallbacksMP.ON_CLONE`` callback
+:func:`fork_on_clone` gives the clone its own forks; on versions that deep-copy ``model_options`` (0.3.64),
+``__deepcopy__`` forks.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import copy
 
 import comfy.ops
+import comfy.patcher_extension
 import torch
 
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
@@ -24,6 +32,7 @@ from .attention_calls import FallbackNotice, plain_attention
 from .step_window import in_sigma_window
 
 ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window
+FORK_ON_CLONE_KEY = "refguide_easyref_fork_on_clone"
 
 
 class ReferenceProjections(torch.nn.Module):
@@ -121,6 +130,10 @@ class EasyRefBranch:
                 self.mask = self.mask.to(device_or_dtype)
         return self
 
+    def __deepcopy__(self, memo):
+        """Shared, not copied: a branch never changes after it is built, and it holds the (large) projections."""
+        return self
+
 
 def _active(extra_options: dict, kwargs: dict) -> bool:
     return in_sigma_window(extra_options, kwargs.get("sigma_start", ALWAYS[0]), kwargs.get("sigma_end", ALWAYS[1]))
@@ -130,8 +143,9 @@ class DecoupledCrossAttention:
     """attn2 replace: text attention (``inner`` replace, or plain) plus every stacked branch in its sigma window.
 
     ``callback`` / ``kwargs`` are parallel lists, as in the IPAdapter pack's object, so that pack's ``add`` calls
-    and ours interoperate. ``models()`` hands ComfyUI the ModelPatchers of the EasyRef branches' projections so
-    they are loaded and offloaded together with the UNet.
+    and ours interoperate. The EasyRef branches' projections are not listed by ``models()``: they are registered
+    once, as additional models of the patched ModelPatcher, which also covers branches that joined another
+    pack's object.
     """
 
     def __init__(self, inner=None):
@@ -167,24 +181,23 @@ class DecoupledCrossAttention:
         return self
 
     def models(self):
-        found = list(self.inner.models()) if self.inner is not None and hasattr(self.inner, "models") else []
-        for kwargs in self.kwargs:
-            patcher = kwargs.get("easyref_projections")
-            if patcher is not None and patcher not in found:
-                found.append(patcher)
-        return found
+        return list(self.inner.models()) if self.inner is not None and hasattr(self.inner, "models") else []
 
     def cleanup(self):
         if self.inner is not None and hasattr(self.inner, "cleanup"):
             self.inner.cleanup()
 
     def __deepcopy__(self, memo):
-        return self
+        """ComfyUI versions that deep-copy model_options on clone() get a fork (never the shared object)."""
+        forked = self.fork()
+        memo[id(self)] = forked
+        return forked
 
 
 def fork_foreign(existing):
-    """A copy of another pack's add-protocol object whose branch lists are its own (so ``add`` does not change
-    the model it came from). Falls back to the object itself when it cannot be copied."""
+    """A copy of another pack's add-protocol object whose branch lists are its own, so that ``add`` on the copy
+    does not change the model the original belongs to. An object that cannot be copied is an error (sharing it
+    would change that model silently)."""
     try:
         forked = copy.copy(existing)
         for name, value in vars(forked).items():
@@ -192,9 +205,41 @@ def fork_foreign(existing):
                 setattr(forked, name, list(value))
             elif isinstance(value, dict):
                 setattr(forked, name, dict(value))
-        return forked
-    except TypeError:
-        return existing
+    except TypeError as error:  # copy.copy refuses the object, or it has no __dict__ (slots)
+        raise TypeError(
+            f"Apply EasyRef: the cross-attention patch {type(existing).__module__}.{type(existing).__qualname__} "
+            f"that another node put on this model cannot be copied ({error}), and adding to it in place would "
+            "change the model it came from as well. Apply EasyRef before that node instead."
+        ) from error
+    return forked
+
+
+def carries_easyref(obj) -> bool:
+    """True for attn2 objects that hold EasyRef branches: ours, or another pack's object an EasyRef branch joined."""
+    if isinstance(obj, DecoupledCrossAttention):
+        return True
+    callbacks = getattr(obj, "callback", None)
+    return isinstance(callbacks, list) and any(isinstance(c, EasyRefBranch) for c in callbacks)
+
+
+def fork(obj):
+    """A fork of an attn2 object that carries EasyRef branches (ours or another pack's)."""
+    return obj.fork() if isinstance(obj, DecoupledCrossAttention) else fork_foreign(obj)
+
+
+def fork_on_clone(original, clone) -> None:
+    """``CallbacksMP.ON_CLONE`` callback: the clone gets forks of every attn2 object that carries EasyRef branches."""
+    replaces = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for key, obj in replaces.items():
+        if carries_easyref(obj):
+            replaces[key] = fork(obj)
+
+
+def install_fork_on_clone(model_patcher) -> None:
+    """Register :func:`fork_on_clone` once on ``model_patcher`` (ComfyUI copies callbacks to every clone)."""
+    on_clone = comfy.patcher_extension.CallbacksMP.ON_CLONE
+    if not model_patcher.get_callbacks(on_clone, FORK_ON_CLONE_KEY):
+        model_patcher.add_callback_with_key(on_clone, FORK_ON_CLONE_KEY, fork_on_clone)
 
 
 def attach(existing, branch: EasyRefBranch, kwargs: dict):

@@ -16,8 +16,6 @@ class TransformerBlock:
     block_name: str
     block_id: int
     depth: int
-    width: int
-    heads: int
 
     @property
     def label(self) -> str:
@@ -53,16 +51,7 @@ def transformer_blocks(model_patcher) -> list[TransformerBlock]:
         for block_id, block in enumerate(blocks):
             for layer in block:
                 if isinstance(layer, SpatialTransformer):
-                    first = layer.transformer_blocks[0]
-                    found.append(
-                        TransformerBlock(
-                            block_name,
-                            block_id,
-                            len(layer.transformer_blocks),
-                            first.attn1.to_q.out_features,
-                            first.attn1.heads,
-                        )
-                    )
+                    found.append(TransformerBlock(block_name, block_id, len(layer.transformer_blocks)))
     return found
 
 

@@ -22,14 +22,16 @@ NODE_FOR_KIND = {
     VIDEO_UNET: "SVD Temporal RefDrop",
 }
 
+SDXL = "SDXL"  # the one family Apply EasyRef accepts (EasyRef was trained on SDXL base 1.0)
+
 # Families by kind, as refusals list them.
 FAMILY_NAMES = {
-    IMAGE_UNET: ("SD1.x", "SD2.x", "SDXL"),
+    IMAGE_UNET: ("SD1.x", "SD2.x", SDXL),
     VIDEO_UNET: ("Stable Video Diffusion",),
 }
 
 # UNet cross-attention width -> family name (the model config's context_dim).
-_UNET_CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+_UNET_CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: SDXL, 1280: "SDXL refiner"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ def model_family(model_patcher) -> ModelFamily:
         return ModelFamily("Stable Video Diffusion", VIDEO_UNET)
     if model_blocks.transformer_blocks(model_patcher):
         unet_config = getattr(getattr(model, "model_config", None), "unet_config", {}) or {}
-        name = _UNET_CONTEXT_FAMILY.get(unet_config.get("context_dim"), "SD-family UNet")
+        context = unet_config.get("context_dim")
+        name = _UNET_CONTEXT_FAMILY.get(context, f"SD-family UNet, cross-attention width {context}")
         return ModelFamily(name, IMAGE_UNET)
     return ModelFamily(type(model).__name__, OTHER)
 

@@ -266,8 +266,46 @@ def compare_shapes(
     return problems
 
 
-_UNET_KEY_RE = re.compile(r"^(?P<proc>.+\.attn(?P<kind>[12])\.processor)\.(?P<name>.+)$")
-_LORA_NAMES = ("to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora")
+# The ``unet.`` part names its tensors after diffusers attention processors:
+# ``<block>.attn1.processor.to_q_lora.down.weight``, ``<block>.attn2.processor.to_k_ip.weight``. This module is the
+# one place that parses these names; the UNet glue (comfy_patches/easyref_lora.py) asks the functions below.
+_UNET_KEY_RE = re.compile(r"^(?P<proc>.+\.attn[12]\.processor)\.(?P<name>.+)$")
+LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")  # every processor: a rank-r LoRA on each projection
+REFERENCE_PROJECTIONS = ("to_k_ip", "to_v_ip")  # attn2 processors: the reference K/V projections
+
+
+def lora_weight_name(projection: str, direction: str) -> str:
+    """``to_q``, ``up`` -> ``to_q_lora.up.weight`` (a tensor name inside one processor)."""
+    return f"{projection}_lora.{direction}.weight"
+
+
+def is_cross_attention(processor: str) -> bool:
+    """True for attn2 (cross-attention) processors, the ones that carry the reference K/V projections."""
+    return processor.endswith("attn2.processor")
+
+
+def unet_processors(unet: Mapping[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """The ``unet.`` tensors (prefix stripped) grouped by processor, and the keys that name no processor."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    stray = []
+    for key, tensor in unet.items():
+        m = _UNET_KEY_RE.match(key)
+        if m:
+            grouped.setdefault(m.group("proc"), {})[m.group("name")] = tensor
+        else:
+            stray.append(key)
+    return grouped, stray
+
+
+def reference_projection_weights(unet: Mapping[str, torch.Tensor], processor: str) -> tuple[torch.Tensor, ...]:
+    """(to_k_ip, to_v_ip) weights [width, cross_dim] of one attn2 processor."""
+    return tuple(unet[f"{processor}.{name}.weight"] for name in REFERENCE_PROJECTIONS)
+
+
+def lora_tensors(unet: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of the ``unet.`` part, under their processor names (what ComfyUI's LoRA loader reads)."""
+    lora_names = {lora_weight_name(p, d) for p in LORA_PROJECTIONS for d in ("down", "up")}
+    return {key: t for key, t in unet.items() if (m := _UNET_KEY_RE.match(key)) and m.group("name") in lora_names}
 
 
 def unet_problems(unet: Mapping[str, torch.Tensor], cross_dim: int) -> list[str]:
@@ -279,19 +317,13 @@ def unet_problems(unet: Mapping[str, torch.Tensor], cross_dim: int) -> list[str]
     """
     if not unet:
         return [f"missing {UNET_PREFIX}* (decoupled cross-attention and UNet LoRA weights)"]
-    procs: dict[str, dict[str, torch.Tensor]] = {}
-    problems = []
-    for key, tensor in unet.items():
-        m = _UNET_KEY_RE.match(key)
-        if not m:
-            problems.append(f"unexpected {UNET_PREFIX}{key}")
-            continue
-        procs.setdefault(m.group("proc"), {})[m.group("name")] = tensor
+    procs, stray = unet_processors(unet)
+    problems = [f"unexpected {UNET_PREFIX}{key}" for key in stray]
     for proc, names in sorted(procs.items()):
-        cross = proc.endswith("attn2.processor")
-        required = [f"{n}.{d}.weight" for n in _LORA_NAMES for d in ("down", "up")]
+        cross = is_cross_attention(proc)
+        required = [lora_weight_name(p, d) for p in LORA_PROJECTIONS for d in ("down", "up")]
         if cross:
-            required += ["to_k_ip.weight", "to_v_ip.weight"]
+            required += [f"{n}.weight" for n in REFERENCE_PROJECTIONS]
         for r in required:
             if r not in names:
                 problems.append(f"missing {UNET_PREFIX}{proc}.{r}")
@@ -299,18 +331,19 @@ def unet_problems(unet: Mapping[str, torch.Tensor], cross_dim: int) -> list[str]
             problems.append(f"unexpected {UNET_PREFIX}{proc}.{extra}")
         if any(r not in names for r in required):
             continue
-        width = names["to_q_lora.up.weight"].shape[0]
-        rank = names["to_q_lora.down.weight"].shape[0]
-        for n in _LORA_NAMES:
-            in_dim = cross_dim if cross and n in ("to_k_lora", "to_v_lora") else width
+        width = names[lora_weight_name("to_q", "up")].shape[0]
+        rank = names[lora_weight_name("to_q", "down")].shape[0]
+        for p in LORA_PROJECTIONS:
+            in_dim = cross_dim if cross and p in ("to_k", "to_v") else width
             for d, shape in (("down", (rank, in_dim)), ("up", (width, rank))):
-                t = names[f"{n}.{d}.weight"]
+                t = names[lora_weight_name(p, d)]
                 if tuple(t.shape) != shape:
                     problems.append(
-                        f"wrong shape {UNET_PREFIX}{proc}.{n}.{d}.weight: {list(t.shape)}, expected {list(shape)}"
+                        f"wrong shape {UNET_PREFIX}{proc}.{lora_weight_name(p, d)}: {list(t.shape)}, "
+                        f"expected {list(shape)}"
                     )
         if cross:
-            for n in ("to_k_ip.weight", "to_v_ip.weight"):
+            for n in (f"{n}.weight" for n in REFERENCE_PROJECTIONS):
                 if tuple(names[n].shape) != (width, cross_dim):
                     problems.append(
                         f"wrong shape {UNET_PREFIX}{proc}.{n}: {list(names[n].shape)}, expected {[width, cross_dim]}"

@@ -394,8 +394,8 @@ class EasyRefModel:
     """The loaded EasyRef model: the MLLM (once), tokenizer settings and the UNet-side tensors.
 
     ``unet_state_dict`` holds the checkpoint's ``unet.`` tensors (prefix stripped) on the offload
-    device for "Apply EasyRef"; ``fingerprint`` identifies the checkpoint file contents. The node
-    layer sets ``patcher`` (a ComfyUI ModelPatcher around ``mllm``).
+    device for "Apply EasyRef"; ``fingerprint`` identifies the checkpoint file contents. The ComfyUI
+    glue (``comfy_patches/easyref_glue.load_easyref_model``) sets ``patcher``, a ModelPatcher around ``mllm``.
     """
 
     def __init__(
@@ -407,7 +407,6 @@ class EasyRefModel:
         unet_state_dict,
         fingerprint,
         cross_dim,
-        mllm_name,
         checkpoint_name,
     ):
         self.mllm: EasyRefMLLM = mllm
@@ -417,11 +416,8 @@ class EasyRefModel:
         self.unet_state_dict: dict[str, torch.Tensor] = unet_state_dict
         self.fingerprint: str = fingerprint
         self.cross_dim: int = cross_dim
-        self.num_tokens: int = ckpt.NUM_REFERENCE_TOKENS
-        self.mllm_name = mllm_name
         self.checkpoint_name = checkpoint_name
         self.patcher = None
-        self.uncond_encodes = 0  # how many times the unconditional tokens were computed (1 expected)
         self._uncond: torch.Tensor | None = None
 
     @property
@@ -467,7 +463,6 @@ class EasyRefModel:
         """Unconditional tokens: a black 512x512 image and the bare instruction; computed once per model."""
         if self._uncond is None:
             self._uncond = self.encode([preprocess.black_image()], "", check_interrupt=check_interrupt).cpu()
-            self.uncond_encodes += 1
         return self._uncond
 
 
@@ -498,6 +493,5 @@ def load_easyref(mllm_dir: str, checkpoint_path: str, dtype: torch.dtype = torch
         unet_state_dict=dict(routed.unet),
         fingerprint=ckpt.file_fingerprint(checkpoint_path),
         cross_dim=cross_dim,
-        mllm_name=os.path.basename(os.path.normpath(mllm_dir)),
         checkpoint_name=name,
     )

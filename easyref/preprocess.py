@@ -37,7 +37,6 @@ class PackedImage:
     pixel_values: torch.Tensor  # [grid_h * grid_w * grid_t, C * T * P * P], float32
     grid_thw: tuple[int, int, int]
     num_tokens: int  # merged visual tokens = number of <|image_pad|> ids for this image
-    resized_hw: tuple[int, int]
 
 
 def check_aspect_ratio(height: int, width: int) -> None:
@@ -83,11 +82,6 @@ def resize_stage_b(height: int, width: int) -> tuple[int, int]:
         h_bar = math.ceil(height * beta / FACTOR) * FACTOR
         w_bar = math.ceil(width * beta / FACTOR) * FACTOR
     return h_bar, w_bar
-
-
-def final_size(height: int, width: int) -> tuple[int, int]:
-    """The size an image of ``height`` x ``width`` reaches after both stages."""
-    return resize_stage_b(*resize_stage_a(height, width))
 
 
 def to_pil_rgb(image) -> Image.Image:
@@ -180,7 +174,7 @@ def preprocess_image(
         pil = pil.resize((w_b, h_b), resample=Image.Resampling.BICUBIC)
     pixel_values, grid = pack_pixels(np.asarray(pil), patch_size, merge_size, temporal_patch_size, mean, std)
     num_tokens = grid[0] * grid[1] * grid[2] // (merge_size * merge_size)
-    return PackedImage(pixel_values=pixel_values, grid_thw=grid, num_tokens=num_tokens, resized_hw=(h_b, w_b))
+    return PackedImage(pixel_values=pixel_values, grid_thw=grid, num_tokens=num_tokens)
 
 
 def black_image(size: int = 512) -> np.ndarray:

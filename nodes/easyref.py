@@ -1,150 +1,24 @@
-"""EasyRef nodes, MLLM half: "Load EasyRef MLLM", "EasyRef Reference Group", "Encode Reference Group",
-"Save EasyRef Embeds" and "Load EasyRef Embeds".
+"""EasyRef nodes: "Load EasyRef MLLM", "EasyRef Reference Group", "Encode Reference Group", "Save EasyRef Embeds",
+"Load EasyRef Embeds" and "Apply EasyRef".
 
-The math lives in ``easyref/`` (no ComfyUI import there); this module resolves model folders, wraps the
-MLLM in a ModelPatcher so ComfyUI's model management loads and offloads it, and reports progress.
+Declarations and validation only: the files are found by ``comfy_patches/easyref_files.py``, the model is loaded,
+encoded with and applied to a UNet by ``comfy_patches/easyref_glue.py``, and the math lives in ``easyref/`` and
+``attention_patches/decoupled.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-
-import comfy.model_management as mm
-import comfy.model_patcher
-import comfy.utils
-import folder_paths
-import torch
 from comfy_api.latest import io
 
-from ..comfy_patches import easyref_lora, easyref_patch, model_blocks
-from ..comfy_patches.step_window import sigma_window
-from ..easyref import checkpoint as ckpt
+from ..comfy_patches import easyref_files as files
+from ..comfy_patches import easyref_glue as glue
 from ..easyref import embeds as embeds_mod
-from ..easyref import encoder
 
 CATEGORY = "EasyRef"
-LLM_FOLDER = "LLM"
-EASYREF_FOLDER = "easyref"
-CHECKPOINT_EXTENSIONS = {".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt"}
-DEFAULT_MLLM = "Qwen2-VL-2B-Instruct"
-QWEN_URL = f"https://huggingface.co/{encoder.QWEN2_VL_REPO}"
-EASYREF_URL = f"https://huggingface.co/{encoder.EASYREF_REPO}"
-DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 EasyRefModelType = io.Custom("EASYREF_MODEL")
 EasyRefEmbedsType = io.Custom("EASYREF_EMBEDS")
 ReferencesType = io.Custom("EASYREF_REFERENCES")
-
-
-def register_model_folders() -> None:
-    """Register ``models/LLM`` and ``models/easyref``, keeping paths added by extra_model_paths.yaml."""
-    for name, extensions in ((LLM_FOLDER, set()), (EASYREF_FOLDER, CHECKPOINT_EXTENSIONS)):
-        paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
-        paths = list(paths) or [os.path.join(folder_paths.models_dir, name)]
-        folder_paths.folder_names_and_paths[name] = (paths, set(exts) | extensions)
-
-
-register_model_folders()
-
-
-# ---------------------------------------------------------------------------------------------
-# Model files
-# ---------------------------------------------------------------------------------------------
-
-
-def llm_roots() -> list[str]:
-    roots = list(folder_paths.get_folder_paths(LLM_FOLDER))
-    lower = os.path.join(folder_paths.models_dir, "llm")  # case-sensitive file systems
-    if os.path.isdir(lower) and not any(os.path.normcase(os.path.abspath(r)) == os.path.normcase(lower) for r in roots):
-        roots.append(lower)
-    return roots
-
-
-def _is_qwen2_vl_folder(path: str) -> bool:
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        return ckpt.read_json(config).get("model_type") == "qwen2_vl"
-    except (OSError, ValueError):
-        return False
-
-
-def list_mllm_folders() -> list[str]:
-    """Folders (up to two levels deep) under the LLM model folders that hold a Qwen2-VL config."""
-    found = set()
-    for root in llm_roots():
-        if not os.path.isdir(root):
-            continue
-        for first in sorted(os.listdir(root)):
-            p1 = os.path.join(root, first)
-            if not os.path.isdir(p1):
-                continue
-            if _is_qwen2_vl_folder(p1):
-                found.add(first)
-                continue
-            for second in sorted(os.listdir(p1)):
-                if _is_qwen2_vl_folder(os.path.join(p1, second)):
-                    found.add(f"{first}/{second}")
-    return sorted(found)
-
-
-def list_checkpoints() -> list[str]:
-    return folder_paths.get_filename_list(EASYREF_FOLDER)
-
-
-def _safe_relative(name: str) -> str | None:
-    rel = os.path.normpath(name.replace("\\", "/"))
-    if not name or os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or rel.startswith("../"):
-        return None
-    return rel
-
-
-def mllm_missing_message(name: str) -> str:
-    roots = llm_roots()
-    return (
-        f"Qwen2-VL folder '{name}' not found. Searched the LLM model folders: {', '.join(roots)}. "
-        f"Expected a folder such as {os.path.join(roots[0], DEFAULT_MLLM)} holding config.json, the tokenizer "
-        f"files and the *.safetensors weights; download it from {QWEN_URL}."
-    )
-
-
-def checkpoint_missing_message(name: str) -> str:
-    roots = folder_paths.get_folder_paths(EASYREF_FOLDER)
-    return (
-        f"EasyRef checkpoint '{name}' not found. Searched the easyref model folders: {', '.join(roots)}. "
-        f"Expected a file such as {os.path.join(roots[0], 'easyref.safetensors')}; download it from {EASYREF_URL}."
-    )
-
-
-def resolve_mllm(name: str) -> str:
-    rel = _safe_relative(name)
-    if rel is not None:
-        for root in llm_roots():
-            path = os.path.join(root, rel)
-            if _is_qwen2_vl_folder(path):
-                return path
-    raise FileNotFoundError(mllm_missing_message(name))
-
-
-def resolve_checkpoint(name: str) -> str:
-    rel = _safe_relative(name)
-    path = folder_paths.get_full_path(EASYREF_FOLDER, rel) if rel is not None else None
-    if path is None:
-        raise FileNotFoundError(checkpoint_missing_message(name))
-    return path
-
-
-def auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where ComfyUI considers it supported on the text-encoder device, else fp32."""
-    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
-
-
-# ---------------------------------------------------------------------------------------------
-# Nodes
-# ---------------------------------------------------------------------------------------------
 
 
 class LoadEasyRefMLLM(io.ComfyNode):
@@ -163,53 +37,37 @@ class LoadEasyRefMLLM(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "mllm",
-                    options=list_mllm_folders(),
-                    tooltip=f"Qwen2-VL folder under models/{LLM_FOLDER} (e.g. {DEFAULT_MLLM}, from {QWEN_URL}).",
+                    options=files.list_mllm_folders(),
+                    tooltip=f"Qwen2-VL folder under models/{files.LLM_FOLDER} (e.g. {files.DEFAULT_MLLM}, from {files.QWEN_URL}).",
                 ),
                 io.Combo.Input(
                     "checkpoint",
-                    options=list_checkpoints(),
-                    tooltip=f"EasyRef checkpoint under models/{EASYREF_FOLDER} (from {EASYREF_URL}).",
+                    options=files.list_checkpoints(),
+                    tooltip=f"EasyRef checkpoint under models/{files.EASYREF_FOLDER} (from {files.EASYREF_URL}).",
                 ),
                 io.Combo.Input(
                     "dtype",
-                    options=list(DTYPES),
+                    options=list(glue.DTYPES),
                     default="auto",
                     tooltip="Weight precision of the MLLM. auto: bf16 where the device supports it, else fp32 "
                     "(fp32 on CPU). fp32 is the most faithful and the slowest.",
                 ),
             ],
-            outputs=[io.Custom("EASYREF_MODEL").Output(display_name="easyref", tooltip="The loaded EasyRef model.")],
+            outputs=[EasyRefModelType.Output(display_name="easyref", tooltip="The loaded EasyRef model.")],
         )
 
     @classmethod
     def validate_inputs(cls, mllm, checkpoint, dtype):
         # Replaces ComfyUI's "value not in list" for the two file inputs with a message that says where to
         # put and download the files.
-        problems = []
-        try:
-            resolve_mllm(mllm)
-        except FileNotFoundError as e:
-            problems.append(str(e))
-        try:
-            resolve_checkpoint(checkpoint)
-        except FileNotFoundError as e:
-            problems.append(str(e))
-        if dtype not in DTYPES:
-            problems.append(f"dtype must be one of {', '.join(DTYPES)}")
+        problems = files.missing_model_files(mllm, checkpoint)
+        if dtype not in glue.DTYPES:
+            problems.append(f"dtype must be one of {', '.join(glue.DTYPES)}")
         return " ".join(problems) if problems else True
 
     @classmethod
     def execute(cls, mllm, checkpoint, dtype) -> io.NodeOutput:
-        mllm_dir = resolve_mllm(mllm)
-        checkpoint_path = resolve_checkpoint(checkpoint)
-        load_device = mm.text_encoder_device()
-        offload_device = mm.text_encoder_offload_device()
-        weight_dtype = DTYPES[dtype] or auto_dtype(load_device)
-        model = encoder.load_easyref(mllm_dir, checkpoint_path, dtype=weight_dtype)
-        model.patcher = comfy.model_patcher.ModelPatcher(
-            model.mllm, load_device=load_device, offload_device=offload_device
-        )
+        model = glue.load_easyref_model(files.resolve_mllm(mllm), files.resolve_checkpoint(checkpoint), dtype)
         return io.NodeOutput(model)
 
 
@@ -226,11 +84,11 @@ class EasyRefReferenceGroup(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("images", tooltip="One image or a batch of same-sized images to add to the group."),
-                io.Custom("EASYREF_REFERENCES").Input(
+                ReferencesType.Input(
                     "references", optional=True, tooltip="A group from another EasyRef Reference Group node to extend."
                 ),
             ],
-            outputs=[io.Custom("EASYREF_REFERENCES").Output(display_name="references", tooltip="The reference group.")],
+            outputs=[ReferencesType.Output(display_name="references", tooltip="The reference group.")],
         )
 
     @classmethod
@@ -252,7 +110,7 @@ class EncodeReferenceGroup(io.ComfyNode):
                 "loaded model) for the negative branch."
             ),
             inputs=[
-                io.Custom("EASYREF_MODEL").Input("easyref", tooltip="From Load EasyRef MLLM."),
+                EasyRefModelType.Input("easyref", tooltip="From Load EasyRef MLLM."),
                 io.String.Input(
                     "prompt",
                     multiline=True,
@@ -265,69 +123,20 @@ class EncodeReferenceGroup(io.ComfyNode):
                     optional=True,
                     tooltip="Reference images (a batch). More than two references work best; for identity use square face crops.",
                 ),
-                io.Custom("EASYREF_REFERENCES").Input(
+                ReferencesType.Input(
                     "references",
                     optional=True,
                     tooltip="Reference images of different sizes from EasyRef Reference Group; added after 'images'.",
                 ),
             ],
-            outputs=[
-                io.Custom("EASYREF_EMBEDS").Output(display_name="embeds", tooltip="Reference tokens for Apply EasyRef.")
-            ],
+            outputs=[EasyRefEmbedsType.Output(display_name="embeds", tooltip="Reference tokens for Apply EasyRef.")],
         )
 
     @classmethod
     def execute(cls, easyref, prompt, images=None, references=None) -> io.NodeOutput:
         group = [img for img in images] if images is not None else []
         group += list(references or ())
-        if not group:
-            raise ValueError("Encode Reference Group: connect reference images to 'images' or 'references'.")
-        mm.load_models_gpu([easyref.patcher], force_full_load=True)
-        needs_uncond = not easyref.has_unconditional
-        pbar = comfy.utils.ProgressBar(len(group) + 1 + (1 if needs_uncond else 0))
-        interrupt = mm.throw_exception_if_processing_interrupted
-        cond = easyref.encode(group, prompt, on_image_done=lambda: pbar.update(1), check_interrupt=interrupt)
-        pbar.update(1)
-        uncond = easyref.unconditional(check_interrupt=interrupt)
-        if needs_uncond:
-            pbar.update(1)
-        result = embeds_mod.EasyRefEmbeds(
-            cond=cond.cpu(),
-            uncond=uncond.cpu(),
-            num_references=len(group),
-            prompt=prompt,
-            fingerprint=easyref.fingerprint,
-            checkpoint_name=easyref.checkpoint_name,
-        )
-        return io.NodeOutput(result)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._\- /]")
-
-
-def sanitize_prefix(prefix: str) -> str:
-    """A file-name prefix that stays inside the output folder: no absolute paths, no '..', plain characters."""
-    parts = [p for p in _UNSAFE.sub("_", prefix.replace("\\", "/")).split("/") if p not in ("", ".", "..")]
-    parts = [p.strip() or "_" for p in parts]
-    return "/".join(parts) or "easyref_embeds"
-
-
-def list_embeds_files() -> list[str]:
-    root = folder_paths.get_input_directory()
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            if f.endswith(".safetensors"):
-                out.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
-    return sorted(out)
-
-
-def resolve_embeds_file(name: str) -> str:
-    root = os.path.realpath(folder_paths.get_input_directory())
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
-        raise FileNotFoundError(f"EasyRef embeds file '{name}' not found in the input folder {root}.")
-    return path
+        return io.NodeOutput(glue.encode_reference_group(easyref, group, prompt))
 
 
 class SaveEasyRefEmbeds(io.ComfyNode):
@@ -343,7 +152,7 @@ class SaveEasyRefEmbeds(io.ComfyNode):
                 "to reuse it with Load EasyRef Embeds."
             ),
             inputs=[
-                io.Custom("EASYREF_EMBEDS").Input("embeds", tooltip="From Encode Reference Group."),
+                EasyRefEmbedsType.Input("embeds", tooltip="From Encode Reference Group."),
                 io.String.Input(
                     "filename_prefix",
                     default="easyref/embeds",
@@ -356,13 +165,7 @@ class SaveEasyRefEmbeds(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds, filename_prefix) -> io.NodeOutput:
-        output_dir = folder_paths.get_output_directory()
-        prefix = sanitize_prefix(filename_prefix)
-        full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir)
-        os.makedirs(full_folder, exist_ok=True)
-        name = f"{filename}_{counter:05}_.safetensors"
-        embeds_mod.save_embeds(embeds, os.path.join(full_folder, name))
-        return io.NodeOutput(ui={"easyref_embeds": [{"filename": name, "subfolder": subfolder, "type": "output"}]})
+        return io.NodeOutput(ui={"easyref_embeds": [files.save_embeds_file(embeds, filename_prefix)]})
 
 
 class LoadEasyRefEmbeds(io.ComfyNode):
@@ -378,28 +181,24 @@ class LoadEasyRefEmbeds(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "embeds_file", options=list_embeds_files(), tooltip="A .safetensors file in the input folder."
+                    "embeds_file", options=files.list_embeds_files(), tooltip="A .safetensors file in the input folder."
                 ),
-                io.Custom("EASYREF_MODEL").Input(
+                EasyRefModelType.Input(
                     "easyref",
                     optional=True,
                     tooltip="The loaded EasyRef model; the file must come from its checkpoint.",
                 ),
             ],
-            outputs=[
-                io.Custom("EASYREF_EMBEDS").Output(display_name="embeds", tooltip="Reference tokens for Apply EasyRef.")
-            ],
+            outputs=[EasyRefEmbedsType.Output(display_name="embeds", tooltip="Reference tokens for Apply EasyRef.")],
         )
 
     @classmethod
     def fingerprint_inputs(cls, embeds_file, easyref=None):
-        path = resolve_embeds_file(embeds_file)
-        st = os.stat(path)
-        return hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        return files.embeds_file_fingerprint(embeds_file)
 
     @classmethod
     def execute(cls, embeds_file, easyref=None) -> io.NodeOutput:
-        result = embeds_mod.load_embeds(resolve_embeds_file(embeds_file))
+        result = embeds_mod.load_embeds(files.resolve_embeds_file(embeds_file))
         if easyref is not None:
             embeds_mod.check_fingerprint(result, easyref.fingerprint, easyref.checkpoint_name)
         return io.NodeOutput(result)
@@ -408,76 +207,6 @@ class LoadEasyRefEmbeds(io.ComfyNode):
 # ---------------------------------------------------------------------------------------------
 # Apply EasyRef (the diffusion half)
 # ---------------------------------------------------------------------------------------------
-
-PROJECTIONS_KEY = "easyref_projections"
-
-
-def check_sdxl_model(model, easyref) -> None:
-    """Refuse models EasyRef's UNet weights cannot fit, with the reason (video model, not a UNet, context width)."""
-    if model_blocks.is_video_model(model):
-        raise ValueError("Apply EasyRef works with SDXL image models; this is a video model (Stable Video Diffusion).")
-    if not model_blocks.transformer_blocks(model):
-        raise ValueError(
-            f"Apply EasyRef works with SDXL UNet models; this model ({type(model.model).__name__}) has no UNet "
-            "transformer blocks."
-        )
-    context = model.model.model_config.unet_config.get("context_dim")
-    if context != easyref.cross_dim:
-        raise ValueError(
-            f"Apply EasyRef needs an SDXL model (cross-attention width {easyref.cross_dim}); this model's "
-            f"cross-attention width is {context} (SD1.x: 768, SD2.x: 1024, SDXL refiner: 1280). EasyRef was trained "
-            "on SDXL base 1.0: load an SDXL checkpoint."
-        )
-
-
-def projection_dtype(model) -> torch.dtype:
-    """The UNet's compute dtype for the reference K/V projections (its storage dtype unless that is fp8)."""
-    dtype = model.model_dtype()
-    if dtype in (torch.float32, torch.float16, torch.bfloat16):
-        return dtype
-    return getattr(model.model, "manual_cast_dtype", None) or torch.float16
-
-
-def apply_easyref(model, easyref, embeds, weight, lora_strength, start_at=0.0, end_at=1.0, attn_mask=None):
-    """A clone of ``model`` with EasyRef's UNet LoRA (weight patches) and decoupled cross-attention on every attn2."""
-    embeds_mod.check_fingerprint(embeds, easyref.fingerprint, easyref.checkpoint_name)
-    check_sdxl_model(model, easyref)
-    if embeds.cond.shape[-1] != easyref.cross_dim:
-        raise ValueError(
-            f"The EasyRef embeds have width {embeds.cond.shape[-1]}, the EasyRef model {easyref.cross_dim}."
-        )
-    layout = easyref_lora.map_processors(model, easyref.unet_state_dict, easyref.cross_dim)
-    patched = model.clone()
-    if lora_strength != 0.0:
-        patched.add_patches(easyref_lora.lora_patches(easyref.unet_state_dict, layout), lora_strength)
-    if weight == 0.0:
-        return patched
-
-    ip = easyref.unet_state_dict
-    projections = easyref_patch.ReferenceProjections(
-        {
-            layer.name: (ip[f"{layer.processor}.to_k_ip.weight"], ip[f"{layer.processor}.to_v_ip.weight"])
-            for layer in layout.cross_layers
-        },
-        dtype=projection_dtype(model),
-    )
-    projections_patcher = comfy.model_patcher.ModelPatcher(
-        projections, load_device=model.load_device, offload_device=model.offload_device
-    )
-    patched.set_additional_models(
-        PROJECTIONS_KEY, patched.get_additional_models_with_key(PROJECTIONS_KEY) + [projections_patcher]
-    )
-    sigma_start, sigma_end = sigma_window(model, start_at, end_at)
-    kwargs = {"sigma_start": sigma_start, "sigma_end": sigma_end, PROJECTIONS_KEY: projections_patcher}
-    mask = attn_mask.float().cpu() if attn_mask is not None else None
-    notice = easyref_patch.fallback_notice()
-    for layer in layout.cross_layers:
-        branch = easyref_patch.EasyRefBranch(
-            projections, layer.name, embeds.cond, embeds.uncond, weight, mask=mask, notice=notice
-        )
-        existing = model_blocks.existing_replace(patched, "attn2", layer.block_key)
-        patched.set_model_attn2_replace(easyref_patch.attach(existing, branch, kwargs), *layer.block_key)
-    return patched
 
 
 class ApplyEasyRef(io.ComfyNode):
@@ -498,10 +227,8 @@ class ApplyEasyRef(io.ComfyNode):
                 io.Model.Input(
                     "model", tooltip="An SDXL model (EasyRef was trained on SDXL base 1.0); a clone is returned."
                 ),
-                io.Custom("EASYREF_MODEL").Input(
-                    "easyref", tooltip="From Load EasyRef MLLM: holds the UNet-side weights."
-                ),
-                io.Custom("EASYREF_EMBEDS").Input(
+                EasyRefModelType.Input("easyref", tooltip="From Load EasyRef MLLM: holds the UNet-side weights."),
+                EasyRefEmbedsType.Input(
                     "embeds",
                     tooltip="Reference tokens from Encode Reference Group (or Load EasyRef Embeds), same checkpoint.",
                 ),
@@ -543,8 +270,9 @@ class ApplyEasyRef(io.ComfyNode):
                 io.Mask.Input(
                     "attn_mask",
                     optional=True,
-                    tooltip="Optional: where the reference tokens act (white = full effect), at image resolution; it is "
-                    "averaged onto each layer's token grid. One mask per image of the latent batch, or one for all.",
+                    tooltip="Optional (this pack's extension, not in the EasyRef paper): where the reference tokens act "
+                    "(white = full effect), at image resolution; it is averaged onto each layer's token grid. One "
+                    "mask per image of the latent batch, or one for all.",
                 ),
             ],
             outputs=[io.Model.Output(tooltip="The model with EasyRef applied (a clone; the input is unchanged).")],
@@ -558,9 +286,9 @@ class ApplyEasyRef(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, easyref, embeds, weight, lora_strength, start_at, end_at, attn_mask=None) -> io.NodeOutput:
-        return io.NodeOutput(
-            apply_easyref(model, easyref, embeds, weight, lora_strength, start_at, end_at, attn_mask=attn_mask)
-        )
+        # start_at / end_at keep their shipped input ids; they are the step window's start/end percents.
+        settings = glue.EasyRefSettings(weight, lora_strength, start_at, end_at, attn_mask)
+        return io.NodeOutput(glue.patch_cross_attention(model, easyref, embeds, settings))
 
 
 NODES = [

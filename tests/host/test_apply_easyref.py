@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import comfy.model_management as mm
 import comfy.sample
+import comfy.sampler_helpers
 import pytest
 import torch
+from refguide.comfy_patches import easyref_glue as glue
 from refguide.comfy_patches import easyref_patch
 from refguide.comfy_patches.attention_calls import plain_attention
 from refguide.comfy_patches.easyref_lora import EasyRefModelMismatch
@@ -75,11 +78,15 @@ def apply(model, easyref, embeds, weight=1.0, lora_strength=1.0, start_at=0.0, e
 
 @contextlib.contextmanager
 def loaded(patcher):
-    """The model loaded (and weight-patched) by ComfyUI's model management, unloaded (unpatched) afterwards."""
-    mm.load_models_gpu([patcher])
+    """The model loaded (and weight-patched) as ComfyUI's sampler loads it (with its additional models), unloaded
+    (unpatched) afterwards."""
+    _, conds, models = comfy.sampler_helpers.prepare_sampling(
+        patcher, (1, 4, 16, 16), {}, model_options=patcher.model_options
+    )
     try:
         yield
     finally:
+        comfy.sampler_helpers.cleanup_models(conds, models)
         mm.unload_all_models()
 
 
@@ -360,12 +367,21 @@ def test_two_nodes_stack_both_branches(sdxl, easyref, unet_weights):
     q, k, v = random_qkv(4)
     want = expected_layer(q, k, v, [1, 0], [(unet_weights, first, 0.6, None), (unet_weights, second, 0.9, None)])
     torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
-    # ComfyUI loads both branches' projections with the UNet
-    assert len(obj.models()) == 2 and len(twice.get_nested_additional_models()) == 2
+    # ComfyUI loads both branches' projections with the UNet, each registered once (as an additional model)
+    assert twice.model_patches_models() == []  # not also listed by the attn2 objects
+    registered = twice.get_nested_additional_models()
+    assert {id(p.model) for p in registered} == {id(o.callback[i].projections) for o in [obj] for i in (0, 1)}
+    with loaded(twice):
+        projections = [
+            m for m in mm.current_loaded_models if isinstance(m.model.model, easyref_patch.ReferenceProjections)
+        ]
+    assert len(projections) == 2
 
 
-# --- A stand-in for the IPAdapter pack's attn2 object and its patching function (as described in the host facts).
-class IPAdapterLikeReplace:
+# --- A stand-in for the IPAdapter pack's attn2 object (its CrossAttentionPatch: ``to``, ``add`` and ``__call__``
+# summing the callbacks in their sigma windows) and its patching function, which adds to the object it finds on its
+# clone in place.
+class CrossAttentionPatchLike:
     def __init__(self, callback=None, **kwargs):
         self.callback = [callback]
         self.kwargs = [kwargs]
@@ -375,6 +391,13 @@ class IPAdapterLikeReplace:
         self.kwargs.append(kwargs)
         for key, value in kwargs.items():
             setattr(self, key, value)
+
+    def to(self, device_or_dtype):
+        for kwargs in self.kwargs:
+            for key, value in kwargs.items():
+                if isinstance(value, torch.Tensor) and isinstance(device_or_dtype, torch.device):
+                    kwargs[key] = value.to(device_or_dtype)
+        return self
 
     def __call__(self, q, k, v, extra_options):
         out = plain_attention(q, k, v, extra_options)
@@ -390,56 +413,118 @@ def ipadapter_like_attention(out, q, k, v, extra_options, ip_k=None, ip_v=None, 
     return weight * plain_attention(q, ip_k.expand(rows, -1, -1), ip_v.expand(rows, -1, -1), extra_options)
 
 
-def ipadapter_like_patch(model, keys, seed=9):
+def clone_0_30(model):
+    """ComfyUI 0.30.0: clone() copies dicts and lists of model_options and shares the objects in them."""
+    return model.clone()
+
+
+def clone_0_3_64(model):
+    """ComfyUI 0.3.64: clone() deep-copies model_options (simulated: the clone's options are replaced by a deep
+    copy of the original's, so only ``__deepcopy__`` decides what the clone gets)."""
+    clone = model.clone()
+    clone.model_options = copy.deepcopy(model.model_options)
+    return clone
+
+
+CLONES = {"comfyui-0.30.0": clone_0_30, "comfyui-0.3.64": clone_0_3_64}
+
+
+def ipadapter_like_patch(model, keys, clone, seed=9, weight=0.5):
     """What the IPAdapter pack does: clone, then per key a new object or ``existing.add`` (in place)."""
     g = torch.Generator().manual_seed(seed)
     kwargs = {
         "ip_k": torch.randn(1, 4, 192, generator=g),
         "ip_v": torch.randn(1, 4, 192, generator=g),
-        "weight": 0.5,
+        "weight": weight,
         "sigma_start": 999999999.9,
         "sigma_end": 0.0,
     }
-    patched = model.clone()
+    patched = clone(model)
     to = patched.model_options["transformer_options"]
     replaces = to.get("patches_replace", {}).get("attn2", {})
     for key in keys:
         if key in replaces:
             replaces[key].add(ipadapter_like_attention, **kwargs)
         else:
-            patched.set_model_attn2_replace(IPAdapterLikeReplace(ipadapter_like_attention, **kwargs), *key)
+            patched.set_model_attn2_replace(CrossAttentionPatchLike(ipadapter_like_attention, **kwargs), *key)
     return patched, kwargs
 
 
-def expected_with_ipadapter(q, k, v, order, unet_weights, embeds, ip):
-    want = expected_layer(q, k, v, order, [(unet_weights, embeds, 1.0, None)])
-    return want + 0.5 * mha(q.double(), ip["ip_k"].double().expand(4, -1, -1), ip["ip_v"].double().expand(4, -1, -1), 3)
+def ipadapter_term(q, ip):
+    rows = q.shape[0]
+    k, v = ip["ip_k"].double().expand(rows, -1, -1), ip["ip_v"].double().expand(rows, -1, -1)
+    return ip["weight"] * mha(q.double(), k, v, 3)
 
 
-def test_ipadapter_first_then_easyref(sdxl, easyref, unet_weights):
-    keys = [key for _, key, _ in te.SDXL_TINY_LAYOUT]
-    with_ip, ip = ipadapter_like_patch(sdxl, keys)
+KEYS = [key for _, key, _ in te.SDXL_TINY_LAYOUT]
+
+
+@pytest.mark.parametrize("clone", CLONES.values(), ids=CLONES.keys())
+def test_ipadapter_after_easyref_leaves_the_easyref_output_unchanged(sdxl, easyref, unet_weights, clone):
+    embeds = make_embeds(easyref, seed=7)
+    ours = apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.0)
+    both, ip = ipadapter_like_patch(ours, KEYS, clone)
+    q, k, v = random_qkv(4)
+    easyref_only = expected_layer(q, k, v, [1, 0], [(unet_weights, embeds, 1.0, None)])
+    for key in KEYS:
+        assert len(layer_object(ours, key).callback) == 1 and len(layer_object(both, key).callback) == 2
+    obj = layer_object(both)
+    assert isinstance(obj, easyref_patch.DecoupledCrossAttention)
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), easyref_only + ipadapter_term(q, ip),
+                               rtol=1e-5, atol=5e-5)  # fmt: skip
+    # upstream: what the Apply EasyRef output computes is what it computed before IPAdapter was applied
+    torch.testing.assert_close(layer_call(layer_object(ours), q, k, v, [1, 0]).double(), easyref_only,
+                               rtol=1e-5, atol=5e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("clone", CLONES.values(), ids=CLONES.keys())
+def test_easyref_after_ipadapter_leaves_both_upstream_models_unchanged(sdxl, easyref, unet_weights, clone):
+    with_ip, ip = ipadapter_like_patch(sdxl, KEYS, clone)
     embeds = make_embeds(easyref, seed=7)
     both = apply(with_ip, easyref, embeds, weight=1.0, lora_strength=0.0)
     obj = layer_object(both)
-    assert isinstance(obj, IPAdapterLikeReplace) and len(obj.callback) == 2
-    assert len(layer_object(with_ip).callback) == 1  # joined a copy: the IPAdapter model is unchanged
-    q, k, v = random_qkv(4)
-    want = expected_with_ipadapter(q, k, v, [1, 0], unet_weights, embeds, ip)
-    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+    assert isinstance(obj, CrossAttentionPatchLike) and len(obj.callback) == 2
     assert len(both.get_nested_additional_models()) == 1  # the projections still load with the UNet
-
-
-def test_easyref_first_then_ipadapter(sdxl, easyref, unet_weights):
-    embeds = make_embeds(easyref, seed=7)
-    ours = apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.0)
-    keys = list(ours.model_options["transformer_options"]["patches_replace"]["attn2"])
-    both, ip = ipadapter_like_patch(ours, keys)
-    obj = layer_object(both)
-    assert isinstance(obj, easyref_patch.DecoupledCrossAttention) and len(obj.callback) == 2
     q, k, v = random_qkv(4)
-    want = expected_with_ipadapter(q, k, v, [1, 0], unet_weights, embeds, ip)
-    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), want, rtol=1e-5, atol=5e-5)
+    easyref_only = expected_layer(q, k, v, [1, 0], [(unet_weights, embeds, 1.0, None)])
+    text = mha(q.double(), k.double(), v.double(), 3)
+    torch.testing.assert_close(layer_call(obj, q, k, v, [1, 0]).double(), easyref_only + ipadapter_term(q, ip),
+                               rtol=1e-5, atol=5e-5)  # fmt: skip
+    # upstream: the IPAdapter model still computes text + its own term only
+    torch.testing.assert_close(layer_call(layer_object(with_ip), q, k, v, [1, 0]).double(), text + ipadapter_term(q, ip),
+                               rtol=1e-5, atol=5e-5)  # fmt: skip
+    # a second IPAdapter after Apply EasyRef adds to the IPAdapter object EasyRef joined: the EasyRef output keeps
+    # computing what it did
+    three, ip2 = ipadapter_like_patch(both, KEYS, clone, seed=10, weight=0.25)
+    assert len(layer_object(three).callback) == 3 and len(layer_object(both).callback) == 2
+    torch.testing.assert_close(layer_call(layer_object(both), q, k, v, [1, 0]).double(),
+                               easyref_only + ipadapter_term(q, ip), rtol=1e-5, atol=5e-5)  # fmt: skip
+    torch.testing.assert_close(layer_call(layer_object(three), q, k, v, [1, 0]).double(),
+                               easyref_only + ipadapter_term(q, ip) + ipadapter_term(q, ip2), rtol=1e-5, atol=5e-5)  # fmt: skip
+
+
+class SlottedPatch:
+    """Another pack's add-protocol object that cannot be forked (no __dict__ to copy its lists from)."""
+
+    __slots__ = ("callback", "kwargs")
+
+    def __init__(self):
+        self.callback, self.kwargs = [], []
+
+    def add(self, callback, **kwargs):
+        self.callback.append(callback)
+        self.kwargs.append(kwargs)
+
+    def __call__(self, q, k, v, extra_options):
+        return plain_attention(q, k, v, extra_options)
+
+
+def test_a_foreign_object_that_cannot_be_copied_is_an_error(sdxl, easyref):
+    before = sdxl.clone()
+    before.set_model_attn2_replace(SlottedPatch(), "middle", 0, 1)
+    with pytest.raises(TypeError, match=r"SlottedPatch.*cannot be copied.*Apply EasyRef before that node"):
+        apply(before, easyref, make_embeds(easyref))
+    assert layer_object(before).callback == []  # nothing was added to it
 
 
 def test_a_plain_attn2_replace_is_chained(sdxl, easyref, unet_weights):
@@ -460,12 +545,15 @@ def test_a_plain_attn2_replace_is_chained(sdxl, easyref, unet_weights):
 def test_patch_protocol(sdxl, easyref):
     patched = apply(sdxl, easyref, make_embeds(easyref))
     obj = layer_object(patched)
-    import copy
-
-    assert copy.deepcopy(obj) is obj
-    assert obj.to(torch.device("cpu")) is obj and obj.to(torch.float16) is obj
-    (projections,) = obj.models()
-    assert isinstance(projections.model, easyref_patch.ReferenceProjections)
+    forked = copy.deepcopy(obj)  # what ComfyUI 0.3.64's clone() does to model_options
+    assert forked is not obj and forked.callback == obj.callback and forked.callback is not obj.callback
+    forked.add(lambda *a, **k: 0.0)
+    assert len(obj.callback) == 1
+    assert copy.deepcopy(obj.callback[0]) is obj.callback[0]  # branches (and their projections) are shared
+    obj.to(torch.device("cpu"))
+    assert all(t.device.type == "cpu" for t in obj.callback[0].tokens.values())
+    (projections,) = patched.get_additional_models_with_key(glue.PROJECTIONS_KEY)
+    assert projections.model is obj.callback[0].projections
     assert projections.load_device == sdxl.load_device and projections.offload_device == sdxl.offload_device
     with loaded(patched):
         assert any(m.model is projections for m in mm.current_loaded_models)
@@ -475,8 +563,12 @@ def test_patch_protocol(sdxl, easyref):
 
 def test_non_sdxl_models_are_refused(easyref, easyref_light, sdxl):
     sd15 = tiny_models.tiny_unet("sd15")
-    with pytest.raises(ValueError, match=r"needs an SDXL model.*cross-attention width is 64"):
+    with pytest.raises(
+        ValueError, match=r"works with SDXL models; this model \(SD-family UNet, cross-attention width 64"
+    ):
         apply(sd15, easyref, make_embeds(easyref))
+    with pytest.raises(ValueError, match=r"Stable Video Diffusion model.*use the 'SVD Temporal RefDrop' node"):
+        apply(tiny_models.tiny_unet("svd"), easyref, make_embeds(easyref))
     light = tiny_models.tiny_unet("sdxl_light")
     with pytest.raises(EasyRefModelMismatch, match=r"(?s)do not fit this model.*down_blocks\.1\.attentions\.0"):
         apply(light, easyref, make_embeds(easyref))
@@ -484,7 +576,8 @@ def test_non_sdxl_models_are_refused(easyref, easyref_light, sdxl):
         EasyRefModelMismatch, match=r"(?s)input_blocks\.4\.1\.transformer_blocks\.0\.attn1: the checkpoint has no"
     ):
         apply(sdxl, easyref_light, make_embeds(easyref_light))
-    assert apply(light, easyref_light, make_embeds(easyref_light)) is not None
+    fitting = apply(light, easyref_light, make_embeds(easyref_light))
+    assert len(fitting.model_options["transformer_options"]["patches_replace"]["attn2"]) == len(te.SDXL_LIGHT_LAYOUT)
 
 
 def test_embeds_from_another_checkpoint_are_refused(sdxl, easyref, easyref_light):

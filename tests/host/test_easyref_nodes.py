@@ -11,6 +11,7 @@ import comfy.utils
 import folder_paths
 import pytest
 import torch
+from refguide.comfy_patches import easyref_files as files
 from refguide.easyref import checkpoint as ckpt
 from refguide.easyref import embeds as embeds_mod
 from refguide.nodes import easyref as nodes
@@ -38,7 +39,7 @@ def models_root(tmp_path_factory):
 def folders(models_root, tmp_path, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM", ([str(models_root / "LLM")], set()))
     monkeypatch.setitem(
-        folder_paths.folder_names_and_paths, "easyref", ([str(models_root / "easyref")], nodes.CHECKPOINT_EXTENSIONS)
+        folder_paths.folder_names_and_paths, "easyref", ([str(models_root / "easyref")], files.CHECKPOINT_EXTENSIONS)
     )
     out_dir, in_dir = tmp_path / "output", tmp_path / "input"
     out_dir.mkdir()
@@ -60,8 +61,8 @@ def loaded(folders):
 
 def test_folders_are_registered_and_listed(folders):
     assert "LLM" in folder_paths.folder_names_and_paths and "easyref" in folder_paths.folder_names_and_paths
-    assert nodes.list_mllm_folders() == ["Qwen2-VL-2B-Instruct"]
-    assert {"easyref-tiny.safetensors", "other.safetensors"} <= set(nodes.list_checkpoints())
+    assert files.list_mllm_folders() == ["Qwen2-VL-2B-Instruct"]
+    assert {"easyref-tiny.safetensors", "other.safetensors"} <= set(files.list_checkpoints())
     schema = nodes.LoadEasyRefMLLM.define_schema()
     assert schema.inputs[0].options == ["Qwen2-VL-2B-Instruct"]
 
@@ -70,7 +71,7 @@ def test_registration_keeps_extra_model_paths(monkeypatch, tmp_path):
     extra = str(tmp_path / "elsewhere")
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "easyref", ([extra], set()))
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM", ([extra], set()))
-    nodes.register_model_folders()
+    files.register_model_folders()
     assert folder_paths.folder_names_and_paths["easyref"][0] == [extra]
     assert ".safetensors" in folder_paths.folder_names_and_paths["easyref"][1]
 
@@ -143,8 +144,11 @@ def test_encode_group_of_mixed_sizes_progress_and_uncond_once(loaded, monkeypatc
     assert out.prompt == "a cat" and out.fingerprint == loaded.fingerprint
     direct = loaded.encode([batch[0], batch[1], *group], "a cat")
     torch.testing.assert_close(out.cond, direct, rtol=0, atol=0)
+    runs = []
+    language_pass = loaded.mllm.tokens_from_sequence
+    monkeypatch.setattr(loaded.mllm, "tokens_from_sequence", lambda *a, **k: runs.append(1) or language_pass(*a, **k))
     out2 = nodes.EncodeReferenceGroup.execute(easyref=loaded, prompt="a dog", images=batch).result[0]
-    assert loaded.uncond_encodes == 1 and torch.equal(out2.uncond, out.uncond)
+    assert len(runs) == 1 and torch.equal(out2.uncond, out.uncond)  # the group only: the unconditional is kept
 
 
 def test_encode_without_images_is_an_error(loaded):
@@ -172,7 +176,7 @@ def test_save_and_load_embeds(loaded, folders):
     assert "x_y_z" in item["filename"]
     (folders["input"] / "sub").mkdir()
     (folders["input"] / "sub" / "mine.safetensors").write_bytes(saved.read_bytes())
-    assert "sub/mine.safetensors" in nodes.list_embeds_files()
+    assert "sub/mine.safetensors" in files.list_embeds_files()
     back = nodes.LoadEasyRefEmbeds.execute(embeds_file="sub/mine.safetensors", easyref=loaded).result[0]
     assert torch.equal(back.cond, out.cond) and back.num_references == 1 and back.prompt == "p"
     other = nodes.LoadEasyRefMLLM.execute(
@@ -189,11 +193,3 @@ def test_model_management_loads_and_offloads(loaded):
     assert any(lm.model is loaded.patcher for lm in mm.current_loaded_models)
     mm.unload_all_models()
     assert all(p.device.type == "cpu" for p in loaded.mllm.parameters())
-
-
-def test_schema_has_tooltips_and_descriptions():
-    for node in nodes.NODES:
-        schema = node.define_schema()
-        assert schema.description and schema.category == "EasyRef"
-        for inp in schema.inputs:
-            assert inp.tooltip, f"{schema.node_id}.{inp.id}"

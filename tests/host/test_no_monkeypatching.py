@@ -9,7 +9,7 @@ from pathlib import Path
 TESTS_DIR = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import json, sys, types
+import asyncio, json, os, shutil, sys, types
 sys.path.insert(0, sys.argv[1])
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
@@ -38,26 +38,65 @@ def run(model):
 
 sdxl = tiny_models.tiny_unet("sdxl")
 svd = tiny_models.tiny_unet("svd")
+clip = tiny_models.tiny_clip()
+work = sys.argv[2]
+for name in ("output", "input"):
+    os.makedirs(os.path.join(work, name), exist_ok=True)
+folder_paths.set_output_directory(os.path.join(work, "output"))
+folder_paths.set_input_directory(os.path.join(work, "input"))
+from refguide_testing import tiny_easyref
+tiny_easyref.make_models_for(work, "sdxl")
+folder_paths.folder_names_and_paths["LLM"] = ([os.path.join(work, "LLM")], set())
+folder_paths.folder_names_and_paths["easyref"] = ([os.path.join(work, "easyref")], {".safetensors"})
 run(sdxl)  # warm-up: whatever ComfyUI itself caches on a first run
 before = snapshot()
 from refguide_testing.host import setup_host
 setup_host()  # imports the pack as ComfyUI's loader would (registers its model folders)
-from refguide.nodes.refdrop import ApplyRefDrop
-from refguide.nodes.svd import SVDTemporalRefDrop
-run(ApplyRefDrop.execute(sdxl, 0.3, 1, True, "", "").args[0])
-SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0)
+import refguide
+
+extension = asyncio.run(refguide.comfy_entrypoint())
+registered = [node.define_schema().node_id for node in asyncio.run(extension.get_node_list())]
+from refguide.nodes import easyref as er, refdrop as rd, svd as sv
+
+# How to run each node; a node the pack registers without an entry here makes the test fail.
+state = {}
+image = torch.rand(1, 64, 48, 3)
+RUNS = {
+    "ApplyRefDrop": lambda: run(rd.ApplyRefDrop.execute(sdxl, 0.3, 1, True, "", "").args[0]),
+    "RefDropPromptBatch": lambda: rd.RefDropPromptBatch.execute(clip, "a\nb\nc"),
+    "SVDTemporalRefDrop": lambda: sv.SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0),
+    "LoadEasyRefMLLM": lambda: state.update(
+        easyref=er.LoadEasyRefMLLM.execute("Qwen2-VL-2B-Instruct", "easyref.safetensors", "fp32").args[0]),
+    "EasyRefReferenceGroup": lambda: state.update(group=er.EasyRefReferenceGroup.execute(image).args[0]),
+    "EncodeReferenceGroup": lambda: state.update(
+        embeds=er.EncodeReferenceGroup.execute(state["easyref"], "a cat", image, state["group"]).args[0]),
+    "SaveEasyRefEmbeds": lambda: state.update(saved=er.SaveEasyRefEmbeds.execute(state["embeds"], "e").ui),
+    "LoadEasyRefEmbeds": lambda: (
+        shutil.copy(os.path.join(work, "output", state["saved"]["easyref_embeds"][0]["filename"]),
+                    os.path.join(work, "input", "e.safetensors")),
+        er.LoadEasyRefEmbeds.execute("e.safetensors", state["easyref"])),
+    "ApplyEasyRef": lambda: run(er.ApplyEasyRef.execute(sdxl, state["easyref"], state["embeds"], 1.0, 1.0, 0.0, 1.0)
+                                .args[0]),
+}
+for node_id in RUNS:
+    if node_id in registered:
+        RUNS[node_id]()
 after = snapshot()
 changed = sorted(k for k in before if k in after and before[k] != after[k])
-print(json.dumps({"changed": changed, "checked": len(before)}))
+print(json.dumps({"changed": changed, "checked": len(before), "not_run": sorted(set(registered) - set(RUNS)),
+                  "registered": registered}))
 """
 
 
-def test_pack_changes_no_comfyui_module_or_class_attribute():
+def test_pack_changes_no_comfyui_module_or_class_attribute(tmp_path):
+    """Every node the pack registers is run (a new node without an entry in RUNS fails the test)."""
     env = dict(os.environ)
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS_DIR)], capture_output=True, text=True, env=env,
-                            cwd=os.environ["COMFYUI_ROOT"], timeout=300)  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS_DIR), str(tmp_path)], capture_output=True,
+                            text=True, env=env, cwd=os.environ["COMFYUI_ROOT"], timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["checked"] > 1000
+    assert report["not_run"] == [], f"add these nodes to RUNS: {report['not_run']}"
+    assert len(report["registered"]) >= 9
     # (registering model folders adds entries to folder_paths.folder_names_and_paths, the documented way)
     assert report["changed"] == [], report["changed"]

@@ -147,7 +147,8 @@ def test_reference_frame_beyond_the_clip_says_what_to_change(svd):
 
 
 def test_start_after_end_is_refused(svd):
-    assert SVDTemporalRefDrop.validate_inputs(start_percent=0.8, end_percent=0.2) != True  # noqa: E712
+    message = SVDTemporalRefDrop.validate_inputs(start_percent=0.8, end_percent=0.2)
+    assert isinstance(message, str) and "start_percent (0.8) is after end_percent (0.2)" in message
     with pytest.raises(ValueError, match="swap"):
         apply_svd_refdrop(svd, start_percent=0.8, end_percent=0.2)
 

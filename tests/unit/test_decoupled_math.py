@@ -1,10 +1,12 @@
-"""EasyRef's decoupled cross-attention against a direct float64 computation, row by row."""
+"""The reference term of EasyRef's decoupled cross-attention against a direct float64 computation, row by row.
+
+(The whole layer, text attention + reference term through ComfyUI's attention, is checked in
+tests/host/test_apply_easyref.py.)"""
 
 import pytest
 import torch
 from refguide.attention_patches.decoupled import (
     chunk_kinds,
-    decoupled_cross_attention,
     decoupled_reference_term,
     mask_for_tokens,
 )
@@ -21,49 +23,48 @@ def sdpa_attention(q, k, v, heads=HEADS):
     return reference.sdpa_attention(q, k, v, heads)
 
 
-def tensors(rows, tokens=12, text=5, refs=7, width=16, seed=0):
+def tensors(rows, tokens=12, refs=7, width=16, seed=0):
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
-    q, k, v = r(rows, tokens, width), r(rows, text, width), r(rows, text, width)
+    q = r(rows, tokens, width)
     ref_k = {0: r(1, refs, width), 1: r(1, refs, width)}
     ref_v = {0: r(1, refs, width), 1: r(1, refs, width)}
-    return q, k, v, ref_k, ref_v
+    return q, ref_k, ref_v
 
 
-def expected(q, k, v, ref_k, ref_v, kinds, scale, gate=None):
-    """out_r = Attn(q_r, K_r, V_r) + scale * gate_r * Attn(q_r, Kref_kind(r), Vref_kind(r)), one row at a time."""
+def expected(q, ref_k, ref_v, kinds, scale, gate=None):
+    """term_r = scale * gate_r * Attn(q_r, Kref_kind(r), Vref_kind(r)), one row at a time."""
     per = q.shape[0] // len(kinds)
     rows = []
     for r in range(q.shape[0]):
         kind = kinds[r // per]
-        text = direct_attention(q[r : r + 1], k[r : r + 1], v[r : r + 1])
         ref = direct_attention(q[r : r + 1], ref_k[kind], ref_v[kind])
         if gate is not None:
             ref = ref * gate[r % per]
-        rows.append(text + scale * ref)
+        rows.append(scale * ref)
     return torch.cat(rows)
 
 
 @pytest.mark.parametrize("order", [[1, 0], [0, 1], [0], [1], [1, 0, 0]])
 @pytest.mark.parametrize("per_chunk", [1, 3])
 def test_matches_direct_computation_for_every_chunk_order(order, per_chunk):
-    q, k, v, ref_k, ref_v = tensors(len(order) * per_chunk)
+    q, ref_k, ref_v = tensors(len(order) * per_chunk)
     kinds = chunk_kinds(q.shape[0], order)
-    got = decoupled_cross_attention(q, k, v, ref_k, ref_v, kinds, 0.7, direct_attention)
-    torch.testing.assert_close(got, expected(q, k, v, ref_k, ref_v, order, 0.7), rtol=1e-12, atol=1e-12)
+    got = decoupled_reference_term(q, ref_k, ref_v, kinds, 0.7, direct_attention)
+    torch.testing.assert_close(got, expected(q, ref_k, ref_v, order, 0.7), rtol=1e-12, atol=1e-12)
 
 
 def test_fused_attention_gives_the_same_result():
-    q, k, v, ref_k, ref_v = tensors(4)
-    got = decoupled_cross_attention(q, k, v, ref_k, ref_v, (1, 0), 1.0, sdpa_attention)
-    torch.testing.assert_close(got, expected(q, k, v, ref_k, ref_v, [1, 0], 1.0), rtol=1e-10, atol=1e-10)
+    q, ref_k, ref_v = tensors(4)
+    got = decoupled_reference_term(q, ref_k, ref_v, (1, 0), 1.0, sdpa_attention)
+    torch.testing.assert_close(got, expected(q, ref_k, ref_v, [1, 0], 1.0), rtol=1e-10, atol=1e-10)
 
 
 def test_positive_and_negative_rows_use_their_own_tokens():
-    q, k, v, ref_k, ref_v = tensors(2)
+    q, ref_k, ref_v = tensors(2)
     swapped = decoupled_reference_term(q, ref_k, ref_v, (0, 1), 1.0, direct_attention)
     straight = decoupled_reference_term(q, ref_k, ref_v, (1, 0), 1.0, direct_attention)
     assert not torch.allclose(swapped, straight)
@@ -71,17 +72,10 @@ def test_positive_and_negative_rows_use_their_own_tokens():
     torch.testing.assert_close(swapped[1:2], direct_attention(q[1:2], ref_k[1], ref_v[1]))
 
 
-def test_text_and_reference_never_share_a_softmax():
-    q, k, v, ref_k, ref_v = tensors(1)
-    got = decoupled_cross_attention(q, k, v, ref_k, ref_v, (0,), 1.0, direct_attention)
-    joint = direct_attention(q, torch.cat([k, ref_k[0]], 1), torch.cat([v, ref_v[0]], 1))
-    assert (got - joint).abs().max() > 1e-2
-
-
-def test_scale_zero_is_the_text_attention():
-    q, k, v, ref_k, ref_v = tensors(2)
-    got = decoupled_cross_attention(q, k, v, ref_k, ref_v, (1, 0), 0.0, direct_attention)
-    torch.testing.assert_close(got, direct_attention(q, k, v), rtol=0, atol=0)
+def test_scale_zero_gives_a_zero_term():
+    q, ref_k, ref_v = tensors(2)
+    got = decoupled_reference_term(q, ref_k, ref_v, (1, 0), 0.0, direct_attention)
+    assert torch.equal(got, torch.zeros_like(got))
 
 
 def test_chunk_kinds():
@@ -110,9 +104,9 @@ def test_mask_batch_follows_the_latent_batch():
 @pytest.mark.parametrize("order", [[1, 0], [0]])
 def test_mask_gates_the_reference_term_of_every_chunk(order):
     per = 2
-    q, k, v, ref_k, ref_v = tensors(len(order) * per, tokens=6)
+    q, ref_k, ref_v = tensors(len(order) * per, tokens=6)
     mask = torch.rand(per, 20, 30, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     gate = mask_for_tokens(mask, per, (2, 3))
-    got = decoupled_cross_attention(q, k, v, ref_k, ref_v, tuple(order), 0.8, direct_attention, gate)
-    torch.testing.assert_close(got, expected(q, k, v, ref_k, ref_v, order, 0.8, gate), rtol=1e-12, atol=1e-12)
+    got = decoupled_reference_term(q, ref_k, ref_v, tuple(order), 0.8, direct_attention, gate)
+    torch.testing.assert_close(got, expected(q, ref_k, ref_v, order, 0.8, gate), rtol=1e-12, atol=1e-12)
     assert gate.min() > 0 and gate.max() < 1

@@ -50,7 +50,7 @@ def expected_rfg(q, k, v, chunks, per_chunk, references, coefficients):
         (1, 2, (0,), (1.0,)),  # c = 1: cross-frame attention
     ],
 )
-def test_rfg_matches_equation_7_in_float64(chunks, per_chunk, references, coefficients):
+def test_rfg_matches_equation_6_in_float64(chunks, per_chunk, references, coefficients):
     q, k, v = random_qkv(chunks * per_chunk)
     layout = chunk_layout(chunks * per_chunk, chunks, references)
     out = reference_feature_guidance_(q, k, v, direct_attention(q, k, v), layout, coefficients, direct_attention)
@@ -93,36 +93,22 @@ def test_rfg_never_calls_attention_for_zero_coefficients():
     assert calls == [torch.Size([1, 1 * 12, 16])] * 2
 
 
-def test_concatenated_attention_is_rfg_with_a_rank_one_coefficient():
-    """Attn(Q_i, [K_1; K_i], [V_1; V_i]) = C*Attn(Q_i,K_1,V_1) + (1-C)*Attn(Q_i,K_i,V_i), C = S_ref/(S_ref+S_self)."""
+def test_rfg_is_eq_5_not_concatenated_attention():
+    """The pack blends two separate softmaxes with a fixed c (Eq. 5); attending over [K_1; K_i] in one softmax
+    (a common shortcut) weights the two by a per-query C = S_ref / (S_ref + S_self) instead, which is not RFG."""
     q, k, v = random_qkv(2, seed=7)
-    qi, k1, v1, ki, vi = q[1:2], k[0:1], v[0:1], k[1:2], v[1:2]
-    concatenated = direct_attention(qi, torch.cat([k1, ki], 1), torch.cat([v1, vi], 1))
-    d = q.shape[-1] // HEADS
-
-    def split(x):
-        return x.reshape(1, x.shape[1], HEADS, d).transpose(1, 2)
-
-    s_ref = torch.exp(split(qi) @ split(k1).transpose(-1, -2) / d**0.5).sum(-1, keepdim=True)
-    s_self = torch.exp(split(qi) @ split(ki).transpose(-1, -2) / d**0.5).sum(-1, keepdim=True)
-    coefficient = s_ref / (s_ref + s_self)  # (1, heads, N, 1): one value per head and query row
-
-    def per_head(x):
-        return split(x)
-
-    blended = coefficient * per_head(direct_attention(qi, k1, v1)) + (1 - coefficient) * per_head(
-        direct_attention(qi, ki, vi)
-    )
-    torch.testing.assert_close(
-        blended.transpose(1, 2).reshape(1, -1, q.shape[-1]), concatenated, rtol=1e-12, atol=1e-12
-    )
-    # RFG's scalar c is the special case of a constant C; cross-frame attention is C = 1.
-    assert coefficient.min() > 0 and coefficient.max() < 1
+    layout = chunk_layout(2, 1, (0,))
+    plain = direct_attention(q, k, v)
+    out = reference_feature_guidance_(q, k, v, plain.clone(), layout, (0.5,), direct_attention)
+    eq5 = 0.5 * direct_attention(q[1:2], k[0:1], v[0:1]) + 0.5 * plain[1:2]
+    torch.testing.assert_close(out[1:2], eq5, rtol=1e-12, atol=1e-12)
+    concatenated = direct_attention(q[1:2], torch.cat([k[0:1], k[1:2]], 1), torch.cat([v[0:1], v[1:2]], 1))
+    assert (out[1:2] - concatenated).abs().max() > 1e-3
 
 
 def test_layout_segments_and_rejections():
     layout = chunk_layout(10, 2, (2,))
-    assert layout.guided_segments == ((0, 2), (3, 5)) and layout.guided_rows_per_chunk == 4
+    assert layout.guided_segments == ((0, 2), (3, 5)) and layout.rows_per_chunk == 5
     assert chunk_layout(10, 3, (0,)) is None
     assert chunk_layout(4, 1, (0, 1)).guided_segments == ((2, 4),)
 
