@@ -1,4 +1,8 @@
-"""Measurement helpers shared by the benchmarks: interleaved timing and peak memory of one step.
+"""Shared by the benchmarks: the host set-up, interleaved timing and peak memory of one step.
+
+Host: ``bash scripts/host.sh bench NAME`` runs ``python -m bench.NAME`` with the pack importable as the package
+``refguide`` (an import root with a ``refguide`` link to this checkout on PYTHONPATH). Every benchmark calls
+:func:`configure_host` first and then imports the pack as ``refguide.*``, the one way benchmarks import it.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated around the step. On the CPU, the kernel's peak resident
 set (VmHWM) is reset just before the step (`5` written to /proc/self/clear_refs) and read after it; the step's
@@ -11,6 +15,7 @@ once and it tracks live memory instead of the allocator's free lists (repeatable
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import statistics
@@ -20,6 +25,25 @@ import time
 from collections.abc import Callable
 
 import torch
+
+
+def configure_host(pytorch_attention: bool = False) -> None:
+    """ComfyUI importable (first on sys.path), CPU mode unless REFGUIDE_DEVICE=cuda, the attention backend chosen;
+    to be called before anything imports ``comfy`` or ``refguide``. The tiny stand-in models of tests/ are
+    importable too (``refguide_testing``)."""
+    root = os.environ.get("COMFYUI_ROOT")
+    if not root or not os.path.isdir(os.path.join(root, "comfy")) or importlib.util.find_spec("refguide") is None:
+        raise RuntimeError("Run the benchmarks with `bash scripts/host.sh bench NAME`.")
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    for path in (tests, root):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import comfy.cli_args
+
+    if os.environ.get("REFGUIDE_DEVICE", "cpu") == "cpu":
+        comfy.cli_args.args.cpu = True
+    if pytorch_attention:
+        comfy.cli_args.args.use_pytorch_cross_attention = True
 
 
 def median_times(functions: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:

@@ -17,12 +17,10 @@ import os
 import sys
 import tempfile
 import types
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from refguide_testing.host import setup_host  # noqa: E402
+from bench._measure import configure_host
 
-setup_host(pytorch_attention="--pytorch-attention" in sys.argv)
+configure_host(pytorch_attention="--pytorch-attention" in sys.argv)
 
 import comfy.model_management as mm  # noqa: E402
 import comfy.sample  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark: EasyRef reference encoding, this pack's path vs the authors'-style naive path.
 
-    python -m bench.easyref_encode [--sizes 1,2,4,8] [--dtype bf16|fp32]
+    bash scripts/host.sh bench easyref_encode [--sizes 1,2,4,8] [--dtype bf16|fp32]
 
 Real Qwen2-VL-2B shapes, random weights (no download), CPU. Each path runs in its own subprocess so
 its peak memory (peak resident set size sampled every 5 ms while encoding, weights included) is not
@@ -24,11 +24,14 @@ import tempfile
 import threading
 import time
 
-import psutil
-import torch
+from bench._measure import configure_host
 
-from easyref import checkpoint as ckpt
-from easyref import encoder, preprocess
+configure_host()
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from refguide.easyref import checkpoint as ckpt  # noqa: E402
+from refguide.easyref import encoder, preprocess  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +61,6 @@ class PeakRSS:
 
 
 def _config_and_tokenizer(tmp):
-    sys.path.insert(0, os.path.join(REPO, "tests"))
     from refguide_testing import tiny_qwen2vl as tq  # the test helpers build a tokenizer with the Qwen2 special tokens
 
     transformers, configuration, _ = encoder.import_qwen2_vl()

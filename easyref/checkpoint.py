@@ -1,6 +1,6 @@
 """EasyRef checkpoint and Qwen2-VL weight files: safe loading, key routing, layout mapping, validation.
 
-Expected EasyRef layout (spec, "Expected checkpoint layout"): one file, safetensors or a torch file
+Expected EasyRef layout (as released at huggingface.co/zongzhuofan/EasyRef): one file, safetensors or a torch file
 loaded with ``weights_only=True`` (a DeepSpeed dict keeps the weights under ``"module"``), keys routed
 by prefix:
 
@@ -110,7 +110,7 @@ _MLLM_LAYOUT = (
     ("visual.", "visual."),
 )
 # Keys of a Qwen2-VL file that EasyRef never uses: the language-model head (tied to the embeddings;
-# the authors' code computed full logits and threw them away, spec step 8).
+# the authors' code computed full logits and threw them away, README step 8).
 _UNUSED = ("lm_head.", "model.lm_head.")
 
 

@@ -1,6 +1,6 @@
 """The EasyRef MLLM: load it once, encode a reference group into 64 reference tokens.
 
-Spec steps reproduced here (``docs/easyref-spec.md``):
+Steps reproduced here (numbered as in the README, "EasyRef", "What is computed"):
 - 3c: the vision tower runs once per image (its attention never mixes images).
 - 4: text embeddings from the MLLM's token embedding; vision features replace the ``<|image_pad|>`` ids.
 - 5: decoder layers 0..26 with causal attention and **plain sequential positions** ``arange(L)`` for
@@ -155,7 +155,7 @@ class ReferenceTokens(nn.Module):
 
 
 class Projector(nn.Module):
-    """Spec step 7: ``image_proj_model.proj`` = Linear(H, H) -> GELU (exact) -> Linear(H, C) -> LayerNorm(C)."""
+    """Step 7: ``image_proj_model.proj`` = Linear(H, H) -> GELU (exact) -> Linear(H, C) -> LayerNorm(C)."""
 
     def __init__(self, hidden: int, cross_dim: int):
         super().__init__()
@@ -194,7 +194,7 @@ class EasyRefMLLM(nn.Module):
         return self.reference_tokens.weight.device
 
     def vision_features(self, packed: preprocess.PackedImage) -> torch.Tensor:
-        """Spec step 3c: merged visual tokens of one image, [num_tokens, hidden]."""
+        """Step 3c: merged visual tokens of one image, [num_tokens, hidden]."""
         device = self.exec_device
         visual_dtype = self.visual.get_dtype() if hasattr(self.visual, "get_dtype") else self.dtype
         pixel_values = packed.pixel_values.to(device=device, dtype=visual_dtype)
@@ -209,7 +209,7 @@ class EasyRefMLLM(nn.Module):
         return feats
 
     def tokens_from_sequence(self, input_ids: torch.Tensor, visual: torch.Tensor, image_pad_id: int) -> torch.Tensor:
-        """Spec steps 4-7 for one sequence [1, L]; returns reference tokens [1, 64, cross_dim]."""
+        """Steps 4-7 for one sequence [1, L]; returns reference tokens [1, 64, cross_dim]."""
         device = self.exec_device
         input_ids = input_ids.to(device)
         embeds = self.prefix.embed_tokens(input_ids)  # step 4

@@ -1,4 +1,4 @@
-"""Reference image preprocessing (spec step 3): two-stage resize, CLIP normalisation, pixel packing.
+"""Reference image preprocessing (README step 3): two-stage resize, CLIP normalisation, pixel packing.
 
 Each image keeps its own size and aspect ratio; nothing is batched across images.
 
@@ -163,7 +163,7 @@ def preprocess_image(
     mean=OPENAI_CLIP_MEAN,
     std=OPENAI_CLIP_STD,
 ) -> PackedImage:
-    """Spec step 3 for one image: stage a, stage b, normalisation, packing."""
+    """Step 3 for one image: stage a, stage b, normalisation, packing."""
     pil = to_pil_rgb(image)
     width, height = pil.size
     h_a, w_a = resize_stage_a(height, width)
@@ -178,5 +178,5 @@ def preprocess_image(
 
 
 def black_image(size: int = 512) -> np.ndarray:
-    """The unconditional reference: one black 512x512 RGB image (spec, unconditional tokens)."""
+    """The unconditional reference: one black 512x512 RGB image (README "What is computed", unconditional tokens)."""
     return np.zeros((size, size, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The exact token string EasyRef was trained with (spec steps 1 and 2).
+"""The exact token string EasyRef was trained with (README steps 1 and 2).
 
 The string is built here, character by character, instead of through a tokenizer's bundled chat
 template, so it is identical across transformers versions and tokenizer files.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Spec step 1: the instruction, verbatim from the authors' code; the user's prompt follows it.
+# Step 1: the instruction, verbatim from the authors' code; the user's prompt follows it.
 INSTRUCTION = (
     "Visualize a scene that closely resembles the provided images, capturing the essence and "
     "details described in this prompt:\n"
 )
 
-# Spec step 2: the standard Qwen2-VL chat layout, including the default system turn.
+# Step 2: the standard Qwen2-VL chat layout, including the default system turn.
 SYSTEM_TURN = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 USER_START = "<|im_start|>user\n"
 ASSISTANT_START = "<|im_end|>\n<|im_start|>assistant\n"

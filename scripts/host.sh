@@ -149,6 +149,12 @@ case "$cmd" in
     install_host
     cd "$REPO"
     export COMFYUI_ROOT="$COMFY"
+    # The benchmarks import the pack as the package `refguide`: an import root (one per checkout) holding a
+    # `refguide` link to this checkout goes on PYTHONPATH.
+    IMPORT_ROOT="$CACHE_ROOT/import-roots/$(printf '%s' "$REPO" | sha256sum | cut -c1-16)"
+    mkdir -p "$IMPORT_ROOT"
+    ln -sfn "$REPO" "$IMPORT_ROOT/refguide"
+    export PYTHONPATH="$IMPORT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     exec "$VENV/bin/python" -m "bench.${2:?name of the benchmark, e.g. refdrop}" "${@:3}"
     ;;
   env)

@@ -114,7 +114,7 @@ def mha(q, k, v, heads):
 
 
 def merged(base_state, weights, module, proc, projection, strength):
-    """W + strength * up @ down in float64 (the spec's LoRA merge)."""
+    """W + strength * up @ down in float64 (the LoRA merge)."""
     name = {"to_out": "to_out.0.weight"}.get(projection, f"{projection}.weight")
     w = base_state[f"diffusion_model.{module}.{name}"].double()
     if strength:

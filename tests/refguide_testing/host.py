@@ -1,7 +1,7 @@
 """Make the real ComfyUI host importable in-process and load this pack under the package name ``refguide``.
 
-Used by the test session (conftest) and by the benchmark scripts. COMFYUI_ROOT comes from
-`bash scripts/host.sh test|env`.
+Used by the test session (conftest) and the tests that start a fresh process. COMFYUI_ROOT comes from
+`bash scripts/host.sh test|env`. (The benchmarks import the pack as a package instead: bench/_measure.py.)
 """
 
 from __future__ import annotations

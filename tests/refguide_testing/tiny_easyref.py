@@ -55,7 +55,7 @@ LAYOUTS = {"sdxl": (SDXL_TINY_LAYOUT, (128, 192)), "sdxl_light": (SDXL_LIGHT_LAY
 
 
 def make_easyref_checkpoint_for(path: str, config: dict, family: str, seed: int = 2) -> dict[str, torch.Tensor]:
-    """The spec's checkpoint layout with ``unet.`` processors exactly for the tiny UNet ``family`` (cross dim 2048)."""
+    """The released checkpoint's layout with ``unet.`` processors exactly for the tiny UNet ``family`` (cross dim 2048)."""
     layout, widths = LAYOUTS[family]
     present = {name for name, _, _ in layout}
     drop = tuple(

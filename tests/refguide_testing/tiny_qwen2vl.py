@@ -1,11 +1,11 @@
-"""Tiny Qwen2-VL and tiny EasyRef checkpoint for tests (spec, "Tiny test models that work").
+"""Tiny Qwen2-VL and tiny EasyRef checkpoint for tests.
 
 ``make_qwen2vl_folder`` writes a real Hugging Face folder: ``config.json`` in the hub's (flat, old)
 format, random weights in ``model.safetensors`` in the hub's old key layout (``model.layers.N``,
 ``visual.*``, tied ``lm_head``), a byte-level BPE tokenizer with the Qwen2 special tokens wrapped in
 ``Qwen2TokenizerFast`` and a ``Qwen2VLImageProcessor``, saved through ``Qwen2VLProcessor``.
 
-``make_easyref_checkpoint`` writes a checkpoint in the spec's key layout: ``image_proj_model.``,
+``make_easyref_checkpoint`` writes a checkpoint in the released checkpoint's key layout: ``image_proj_model.``,
 ``mllm_final_layer.``, optional ``multimodal_llm.`` (old transformers layout) and ``unet.`` with
 SDXL's 70 attention-processor names (tiny widths).
 

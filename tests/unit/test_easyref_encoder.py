@@ -1,4 +1,4 @@
-"""The EasyRef encoder against a direct reference computation written from the spec (float32).
+"""The EasyRef encoder against a direct reference computation written from the README steps (float32).
 
 The reference below uses only plain tensor operations over the weights read from the files: token
 embedding, per-image vision tower (patch embedding, 2-D rotary attention within the image, merger),
@@ -210,7 +210,7 @@ def test_unconditional_computed_once_and_matches_black_image(tiny, monkeypatch):
 
 
 def test_images_do_not_mix_in_vision_tower(model):
-    """Spec 3c: each image's visual tokens depend on that image only."""
+    """README step 3c: each image's visual tokens depend on that image only."""
     a, b, c = _images()
     feats_ab = [model.mllm.vision_features(model.preprocess(x)) for x in (a, b)]
     feats_ac = [model.mllm.vision_features(model.preprocess(x)) for x in (a, c)]
