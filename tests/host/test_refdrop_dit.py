@@ -313,3 +313,13 @@ def test_qwen_image_block_matches_float64_reference_with_key_masks(qwen, order, 
         sl = slice(chunk * per, (chunk + 1) * per)
         alone = run_qwen_block(patched, [t[sl] for t in inputs], block_options(patched, [order[chunk]], "double", 0))
         torch.testing.assert_close(alone, ours[sl], rtol=1e-5, atol=1e-5)
+
+
+def test_two_apply_refdrop_nodes_stack():
+    """A second Apply RefDrop chains the first one's override; the reference row still comes out unguided."""
+    model = tiny_dits.tiny_dit("flux", seed=5)
+    once = apply_refdrop(model, strength=0.2)
+    twice = apply_refdrop(once, strength=0.2)
+    plain, single, double = (sample("flux", m, steps=1) for m in (model, once, twice))
+    torch.testing.assert_close(double[0], plain[0], rtol=1e-5, atol=1e-5)
+    assert (double[1:] - single[1:]).abs().mean() > 1e-5  # the outer node blends on top of the inner one
