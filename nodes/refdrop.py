@@ -1,4 +1,4 @@
-"""RefDrop image nodes: "Apply RefDrop" (reference feature guidance on SD1.x/SD2.x/SDXL) and per-image prompts."""
+"""RefDrop image nodes: "Apply RefDrop" (reference feature guidance on SD UNets and diffusion transformers) and per-image prompts."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def coefficients_for(strength: float, reference_count: int, reference_strengths:
 
 
 class ApplyRefDrop(io.ComfyNode):
-    """Reference Feature Guidance on every self-attention layer of an SD1.x / SD2.x / SDXL UNet."""
+    """Reference Feature Guidance on every self-attention layer of an SD UNet or call of a diffusion transformer."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -68,11 +68,18 @@ class ApplyRefDrop(io.ComfyNode):
                 "RefDrop (reference feature guidance, NeurIPS 2024): the first images of the latent batch are "
                 "references and every other image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V). Positive strength: consistent characters/objects across the batch; "
-                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x and SDXL. "
+                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x, SDXL and the diffusion "
+                "transformers Flux, Chroma, Qwen-Image, Lumina 2 / Z-Image, SD3 / SD3.5 and Cosmos Predict2. "
                 "Each image can have its own prompt (RefDrop Prompt Batch)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Model.Input(
+                    "model",
+                    tooltip=(
+                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL, Flux, Chroma, Qwen-Image, "
+                        "Lumina 2 / Z-Image, SD3 / SD3.5 or Cosmos Predict2."
+                    ),
+                ),
                 io.Float.Input(
                     "strength",
                     default=0.3,
@@ -96,7 +103,8 @@ class ApplyRefDrop(io.ComfyNode):
                     default=False,
                     tooltip=(
                         "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
-                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
+                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2). UNets only: on a "
+                        "diffusion transformer use exclude_blocks."
                     ),
                 ),
                 io.String.Input(
@@ -114,7 +122,8 @@ class ApplyRefDrop(io.ComfyNode):
                     optional=True,
                     tooltip=(
                         "Optional: more blocks to leave untouched, in ComfyUI block names separated by commas, "
-                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5."
+                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5. Flux: double 0.., single 0..; "
+                        "other diffusion transformers: see the README (an unknown name lists the valid ones)."
                     ),
                 ),
             ],
