@@ -1,4 +1,4 @@
-"""RefDrop image nodes: "Apply RefDrop" (reference feature guidance on SD1.x/SD2.x/SDXL) and per-image prompts."""
+"""RefDrop image nodes: "Apply RefDrop" (reference feature guidance on SD UNets and diffusion transformers) and per-image prompts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..comfy_patches import model_blocks, model_families
+from ..comfy_patches.attention_override import InBatchReferences, patch_dit
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 
 CATEGORY = "RefDrop"
@@ -55,7 +56,7 @@ def coefficients_for(strength: float, reference_count: int, reference_strengths:
 
 
 class ApplyRefDrop(io.ComfyNode):
-    """Reference Feature Guidance on every self-attention layer of an SD1.x / SD2.x / SDXL UNet."""
+    """Reference Feature Guidance on every self-attention layer of an SD UNet or call of a diffusion transformer."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -67,11 +68,18 @@ class ApplyRefDrop(io.ComfyNode):
                 "RefDrop (reference feature guidance, NeurIPS 2024): the first images of the latent batch are "
                 "references and every other image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V). Positive strength: consistent characters/objects across the batch; "
-                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x and SDXL. "
+                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x, SDXL and the diffusion "
+                "transformers Flux, Chroma, Qwen-Image, Lumina 2 / Z-Image, SD3 / SD3.5 and Cosmos Predict2. "
                 "Each image can have its own prompt (RefDrop Prompt Batch)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Model.Input(
+                    "model",
+                    tooltip=(
+                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL, Flux, Chroma, Qwen-Image, "
+                        "Lumina 2 / Z-Image, SD3 / SD3.5 or Cosmos Predict2."
+                    ),
+                ),
                 io.Float.Input(
                     "strength",
                     default=0.3,
@@ -95,7 +103,8 @@ class ApplyRefDrop(io.ComfyNode):
                     default=False,
                     tooltip=(
                         "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
-                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
+                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2). UNets only: on a "
+                        "diffusion transformer use exclude_blocks."
                     ),
                 ),
                 io.String.Input(
@@ -113,7 +122,8 @@ class ApplyRefDrop(io.ComfyNode):
                     optional=True,
                     tooltip=(
                         "Optional: more blocks to leave untouched, in ComfyUI block names separated by commas, "
-                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5."
+                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5. Flux: double 0.., single 0..; "
+                        "other diffusion transformers: see the README (an unknown name lists the valid ones)."
                     ),
                 ),
             ],
@@ -136,21 +146,33 @@ class ApplyRefDrop(io.ComfyNode):
         cls, model, strength, reference_count, skip_up1, reference_strengths="", exclude_blocks=""
     ) -> io.NodeOutput:
         coefficients = coefficients_for(strength, reference_count, reference_strengths or "")
-        model_families.require_family(model, "Apply RefDrop", (model_families.IMAGE_UNET,))
-        blocks = model_blocks.transformer_blocks(model)
+        family = model_families.require_family(
+            model, "Apply RefDrop", (model_families.IMAGE_UNET, model_families.IMAGE_DIT)
+        )
         excluded = set(parse_block_names(exclude_blocks or ""))
-        valid = [block.label for block in blocks]
+        valid = model_families.block_labels(model)
         unknown = sorted(excluded - set(valid))
         if unknown:
             raise ValueError(
                 f"exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a transformer block of this model. "
                 f"Valid names: {', '.join(valid)}."
             )
+        dit = family.kind == model_families.IMAGE_DIT
+        if skip_up1 and dit:
+            raise ValueError(
+                f"skip_up1 names a UNet block (the first up-sampling block); {family.name} is a diffusion "
+                f"transformer without one. Turn skip_up1 off and list the blocks to leave unguided in exclude_blocks "
+                f"(this model's blocks: {', '.join(valid[:3])}, ...)."
+            )
         if skip_up1:
+            blocks = model_blocks.transformer_blocks(model)
             excluded.add(next(block.label for block in blocks if block.block_name == "output"))
         if all(c == 0.0 for c in coefficients):
             return io.NodeOutput(model.clone())
         settings = RefDropSettings(tuple(range(reference_count)), tuple(coefficients))
+        if dit:
+            return io.NodeOutput(patch_dit(model, InBatchReferences(settings), excluded))
+        blocks = model_blocks.transformer_blocks(model)
         return io.NodeOutput(patch_self_attention(model, settings, [b for b in blocks if b.label not in excluded]))
 
 

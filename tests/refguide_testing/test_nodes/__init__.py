@@ -73,3 +73,71 @@ class RefGuideTestControlNetLoader:
 
 
 NODE_CLASS_MAPPINGS["RefGuideTestControlNetLoader"] = RefGuideTestControlNetLoader
+
+
+class RefGuideTestUNETLoader:
+    """Stand-in for UNETLoader (Flux): a tiny real Flux diffusion model (one double-stream block)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "unet_name": ("STRING", {"default": "flux1-dev.safetensors"}),
+                "weight_dtype": ("STRING", {"default": "default"}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, unet_name, weight_dtype):
+        from refguide_testing import tiny_dits
+
+        return (tiny_dits.tiny_dit("flux_light"),)
+
+
+class RefGuideTestDualCLIPLoader:
+    """Stand-in for DualCLIPLoader (Flux: CLIP-L + T5): a tiny real CLIP whose outputs fit the tiny Flux."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_name1": ("STRING", {"default": "clip_l.safetensors"}),
+                "clip_name2": ("STRING", {"default": "t5xxl_fp16.safetensors"}),
+                "type": ("STRING", {"default": "flux"}),
+            },
+            "optional": {"device": ("STRING", {"default": "default"})},
+        }
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, clip_name1, clip_name2, type, device="default"):
+        from refguide_testing import tiny_dits
+
+        return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_FLUX["context_in_dim"]),)
+
+
+class RefGuideTestVAELoader:
+    """Stand-in for VAELoader (Flux ae.safetensors): a tiny real AutoencoderKL with 16 latent channels."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": ("STRING", {"default": "ae.safetensors"})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, vae_name):
+        from refguide_testing import tiny_dits
+
+        return (tiny_dits.tiny_flux_vae(),)
+
+
+NODE_CLASS_MAPPINGS["RefGuideTestUNETLoader"] = RefGuideTestUNETLoader
+NODE_CLASS_MAPPINGS["RefGuideTestDualCLIPLoader"] = RefGuideTestDualCLIPLoader
+NODE_CLASS_MAPPINGS["RefGuideTestVAELoader"] = RefGuideTestVAELoader
