@@ -63,6 +63,9 @@ state = {}
 image = torch.rand(1, 64, 48, 3)
 RUNS = {
     "ApplyRefDrop": lambda: run(rd.ApplyRefDrop.execute(sdxl, 0.3, 1, True, "", "").args[0]),
+    "ApplyRefDropImage": lambda: run(rd.ApplyRefDropImage.execute(
+        sdxl, tiny_models.tiny_vae(), torch.rand(1, 64, 96, 3), 0.3, 5, False, "", "", 0.0, 1.0, torch.ones(1, 64, 96)
+    ).args[0]),
     "RefDropPromptBatch": lambda: rd.RefDropPromptBatch.execute(clip, "a\nb\nc"),
     "SVDTemporalRefDrop": lambda: sv.SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0),
     "LoadEasyRefMLLM": lambda: state.update(
