@@ -67,8 +67,12 @@ def apply_reference_images(
     masks: torch.Tensor | None,
     blocks,
     sigma_range: tuple[float, float] | None = None,
+    selected: tuple[int, ...] | None = None,
 ):
-    """A clone of ``model`` guided toward reference latents (E, C, H, W): attn1 patches plus the row wrapper."""
+    """A clone of ``model`` guided toward reference latents (E, C, H, W): attn1 patches plus the row wrapper.
+
+    ``selected`` are the references that guide (one coefficient each; None = all of ``latents``).
+    """
     if model.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
         raise ValueError(
             f"{NODE_NAME}: this model already has reference images from another {NODE_NAME} node. Use one node "
@@ -80,7 +84,7 @@ def apply_reference_images(
     patched.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.APPLY_MODEL,
         WRAPPER_KEY,
-        ReferenceRows(latents, seed, masks, sigma_range),
+        ReferenceRows(latents, seed, masks, sigma_range, selected),
     )
     return patched
 

@@ -97,16 +97,27 @@ def _initialized_cuda_devices() -> list[int]:
 class ReferenceRows:
     """APPLY_MODEL wrapper: the reference images as extra rows in front of every guidance chunk.
 
-    ``latents`` are the references' VAE latents (E, C, H, W) as VAE Encode made them; ``masks`` (E, H', W')
-    subject masks already cropped like the pixels VAE Encode used (white = subject), or None.
+    ``latents`` are the references' VAE latents (E, C, H, W) as VAE Encode made them; ``selected`` the indices
+    of the references that guide (None = all: a reference with strength 0 or an all-black mask adds no row,
+    but the noise is drawn for the whole batch so that the others' noise does not depend on it); ``masks``
+    (len(selected), H', W') subject masks already cropped like the pixels VAE Encode used (white = subject),
+    or None.
     At a call with latent size (h, w) and sigma s:
         z = common_upscale(latent, w, h, "bilinear", "center")       (once per size)
         eps = comfy.sample.prepare_noise(z, seed)                     (once per size)
         x_ref = model_sampling.noise_scaling(s, eps, process_latent_in(z))   (max_denoise False)
     """
 
-    def __init__(self, latents: torch.Tensor, seed: int, masks: torch.Tensor | None, sigma_range=None):
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        seed: int,
+        masks: torch.Tensor | None,
+        sigma_range=None,
+        selected: tuple[int, ...] | None = None,
+    ):
         self.latents = latents
+        self.selected = list(selected) if selected is not None else None
         self.seed = int(seed)
         self.masks = masks
         self.sigma_range = sigma_range
@@ -117,7 +128,7 @@ class ReferenceRows:
 
     @property
     def count(self) -> int:
-        return self.latents.shape[0]
+        return len(self.selected) if self.selected is not None else self.latents.shape[0]
 
     def references_for(self, base_model, height: int, width: int, device, dtype):
         """(process_latent_in(z), eps, masks) for a latent size, computed once per size."""
@@ -130,6 +141,8 @@ class ReferenceRows:
             # prepare_noise seeds the global generator: keep the sampler's random state as it was
             with torch.random.fork_rng(devices=_initialized_cuda_devices()):
                 eps = comfy.sample.prepare_noise(z, self.seed)
+            if self.selected is not None:
+                z, eps = z[self.selected], eps[self.selected]
             clean = base_model.process_latent_in(z)
             masks = None
             if self.masks is not None:

@@ -400,7 +400,7 @@ class ApplyRefDropImage(io.ComfyNode):
                 keep.append(index)
         if not keep:
             return io.NodeOutput(model.clone())
-        latents = reference_image_patch.encode_references(model, vae, image[keep])
+        latents = reference_image_patch.encode_references(model, vae, image)
         if masks is not None:
             masks = masks[keep]
             if bool((masks >= 0.5).all()):
@@ -413,6 +413,7 @@ class ApplyRefDropImage(io.ComfyNode):
             masks,
             blocks,
             window(model, start_percent, end_percent),
+            tuple(keep) if len(keep) < len(coefficients) else None,
         )
         return io.NodeOutput(patched)
 

@@ -188,6 +188,22 @@ def test_reference_latent_is_resized_once_per_size(sdxl, vae):
     assert torch.equal(clean, patched.model.process_latent_in(z))
 
 
+def test_a_zero_strength_reference_adds_no_row_and_leaves_the_others_noise_as_defined(sdxl, vae):
+    """eps = prepare_noise(z, seed) over the whole reference batch, also when a reference with c = 0 is dropped."""
+    per_chunk, sigma, size, order = 2, 4.0, (16, 24), [1, 0]
+    image = picture(2)
+    x, context, y = inputs(per_chunk * len(order), seed=3, size=size)
+    patched = apply_image(sdxl, vae, image, reference_strengths="0, 0.3")
+    (rows,) = patched.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "refguide_refdrop_reference_images")
+    assert rows.count == 1  # the zero-strength reference costs nothing
+    out = model_call(patched, x, sigma, context, y, order)
+
+    x_ref = noised_references(sdxl, vae, image, size, sigma)[1:]  # noise drawn for both, the second kept
+    in_batch = apply_inbatch(sdxl, strength=0.3)
+    expected = model_call(in_batch, in_front(x, 2, x_ref), sigma, in_front(context, 2, 1), in_front(y, 2, 1), order)
+    torch.testing.assert_close(out, own_rows(expected, 2, 1), rtol=1e-5, atol=1e-5)
+
+
 # ---- attention level: image guidance on top of in-batch guidance --------------------------------------
 
 
@@ -266,8 +282,8 @@ def test_all_white_mask_equals_no_mask_and_all_black_equals_strength_zero(sdxl, 
     # one black mask out of two: the same as that reference at strength 0
     mixed = torch.stack([torch.ones(96, 160), torch.zeros(96, 160)])
     one = model_call(apply_image(sdxl, vae, image, mask=mixed), x, 3.0, context, y, [1, 0])
-    first_only = model_call(apply_image(sdxl, vae, image[:1]), x, 3.0, context, y, [1, 0])
-    assert torch.equal(one, first_only)
+    second_off = model_call(apply_image(sdxl, vae, image, reference_strengths="0.4, 0"), x, 3.0, context, y, [1, 0])
+    assert torch.equal(one, second_off)
 
 
 def test_one_mask_for_all_references_equals_the_same_mask_per_reference(sdxl, vae):
