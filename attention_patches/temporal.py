@@ -10,21 +10,18 @@ frame r,
 where X_t is the model's own self-attention output for those queries (over the whole clip) and K_r, V_r are the
 keys and values of frame r's tokens in the same row and call. Frame r's tokens are left as they are (for them
 the formula is the identity). Every row is its own clip with its own reference frame, so guidance branches
-(cond_or_uncond) need no bookkeeping here.
+(cond_or_uncond) need no bookkeeping.
 
-Cost: the guided queries attend to one frame's keys, about 1/frames of the full attention. K_r and V_r are
-views (no copies); the queries of the frames before and after r are two contiguous runs, each one attention
-call over all rows (one call in all when r is the first or the last frame).
+This module is the *policy* (which tokens are guided toward which); the blend itself is the one shared
+implementation, :func:`..guidance.apply_guidance_`. Cost: the guided queries attend to one frame's keys, about
+1/frames of the full attention. K_r and V_r are views (no copies); the frames before and after r are two
+contiguous runs of tokens, each one term spanning all rows, i.e. one attention call over the whole row batch
+(one call in all when r is the first or the last frame).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-
-# attention(q, k, v) -> out, in the layout of q (the caller binds heads, precision and layout flags).
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from .guidance import GuidanceTerm, Span
 
 
 def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int], ...]:
@@ -39,35 +36,18 @@ def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int
     return tuple(runs)
 
 
-def temporal_reference_guidance_(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    self_attention: torch.Tensor,
-    frames: int,
-    reference_frame: int,
-    strength: float,
-    attention: AttentionFn,
-    token_dim: int = 1,
-) -> torch.Tensor:
-    """Eq. 5 with a reference frame, written into ``self_attention`` (the call's own output) in place.
+def temporal_terms(
+    rows: int, frames: int, tokens_per_frame: int, reference_frame: int, strength: float
+) -> list[GuidanceTerm]:
+    """Eq. 5 with a reference frame as guidance terms: every row's frames t != r <- the same row's frame r.
 
-    ``q``, ``k``, ``v`` and ``self_attention`` hold the same ``frames * tokens_per_frame`` tokens along
-    ``token_dim`` (1 for (B, N, C), 2 for (B, heads, N, d)), frame-major. Every row is guided toward its own
-    frame ``reference_frame``. ``strength`` is c; negative values extrapolate away from the reference (no
-    clamping); 0 leaves the output untouched (no extra attention).
+    Tokens are frame-major (frame t is tokens [t*n, (t+1)*n) with n = ``tokens_per_frame``). Each run of guided
+    frames is one term over all ``rows`` rows, whose source is frame r of the same rows. [] when ``strength`` is
+    0 or the clip has one frame.
     """
-    tokens = q.shape[token_dim]
-    if tokens % frames != 0 or k.shape[token_dim] != tokens or self_attention.shape[token_dim] != tokens:
-        raise ValueError(f"{tokens} query tokens do not split into {frames} frames of equal size")
     runs = guided_frame_runs(frames, reference_frame)
-    if strength == 0.0 or not runs:
-        return self_attention
-    per_frame = tokens // frames
-    reference_keys = k.narrow(token_dim, reference_frame * per_frame, per_frame)
-    reference_values = v.narrow(token_dim, reference_frame * per_frame, per_frame)
-    for start, stop in runs:
-        queries = q.narrow(token_dim, start * per_frame, (stop - start) * per_frame)
-        target = self_attention.narrow(token_dim, start * per_frame, (stop - start) * per_frame)
-        target.mul_(1.0 - strength).add_(attention(queries, reference_keys, reference_values), alpha=strength)
-    return self_attention
+    if strength == 0.0:
+        return []
+    n = tokens_per_frame
+    source = Span(0, reference_frame * n, (reference_frame + 1) * n, rows=rows)
+    return [GuidanceTerm(Span(0, start * n, stop * n, rows=rows), ((source, float(strength)),)) for start, stop in runs]

@@ -73,3 +73,82 @@ class RefGuideTestControlNetLoader:
 
 
 NODE_CLASS_MAPPINGS["RefGuideTestControlNetLoader"] = RefGuideTestControlNetLoader
+
+
+def _wan_variant(unet_name: str) -> str:
+    lowered = unet_name.lower()
+    if "ti2v" in lowered or "5b" in lowered:
+        return "ti2v_5b"
+    if "i2v" in lowered:
+        return "i2v_22" if "2.2" in lowered or "2_2" in lowered else "i2v"
+    return "t2v"
+
+
+class RefGuideTestUNETLoader:
+    """Stand-in for UNETLoader (Wan 2.x): ComfyUI's real WanModel at toy size, the variant the file name names.
+
+    Wan 2.2's high- and low-noise experts get different weights (as the two real files have).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "unet_name": ("STRING", {"default": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"}),
+                "weight_dtype": ("STRING", {"default": "default"}),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, unet_name, weight_dtype):
+        from refguide_testing import tiny_wan
+
+        return (tiny_wan.tiny_wan(_wan_variant(unet_name), seed=1 if "low_noise" in unet_name else 0),)
+
+
+class RefGuideTestCLIPLoader:
+    """Stand-in for CLIPLoader (umt5-xxl for Wan): a real tiny comfy.sd.CLIP whose width fits the tiny Wan."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_name": ("STRING", {"default": "umt5_xxl_fp8_e4m3fn_scaled.safetensors"}),
+                "type": ("STRING", {"default": "wan"}),
+            },
+            "optional": {"device": ("STRING", {"default": "default"})},
+        }
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, clip_name, type, device="default"):
+        from refguide_testing import tiny_wan
+
+        return (tiny_wan.tiny_wan_text_encoder(),)
+
+
+class RefGuideTestVAELoader:
+    """Stand-in for VAELoader (wan_2.1_vae): ComfyUI's real Wan 2.1 VAE class at toy width."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": ("STRING", {"default": "wan_2.1_vae.safetensors"})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, vae_name):
+        from refguide_testing import tiny_wan
+
+        return (tiny_wan.tiny_wan_vae(),)
+
+
+NODE_CLASS_MAPPINGS["RefGuideTestUNETLoader"] = RefGuideTestUNETLoader
+NODE_CLASS_MAPPINGS["RefGuideTestCLIPLoader"] = RefGuideTestCLIPLoader
+NODE_CLASS_MAPPINGS["RefGuideTestVAELoader"] = RefGuideTestVAELoader
