@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import model_blocks
+from . import dit_families, model_blocks
 
 IMAGE_UNET = "image UNet"
 VIDEO_UNET = "video UNet"
@@ -20,12 +20,15 @@ OTHER = "other"
 NODE_FOR_KIND = {
     IMAGE_UNET: "Apply RefDrop",
     VIDEO_UNET: "SVD Temporal RefDrop",
+    IMAGE_DIT: "Apply RefDrop",
 }
 
 # Families by kind, as refusals list them.
 FAMILY_NAMES = {
     IMAGE_UNET: ("SD1.x", "SD2.x", "SDXL"),
     VIDEO_UNET: ("Stable Video Diffusion",),
+    IMAGE_DIT: tuple(f.name for f in dit_families.FAMILIES if not f.video),
+    VIDEO_DIT: tuple(f.name for f in dit_families.FAMILIES if f.video),
 }
 
 # UNet cross-attention width -> family name (the model config's context_dim).
@@ -43,6 +46,9 @@ class ModelFamily:
 def model_family(model_patcher) -> ModelFamily:
     """The family of a ComfyUI ModelPatcher's model."""
     model = model_patcher.model
+    dit = dit_families.dit_family(model_patcher)
+    if dit is not None:
+        return ModelFamily(dit.name, VIDEO_DIT if dit.video else IMAGE_DIT)
     if model_blocks.is_video_model(model_patcher):
         return ModelFamily("Stable Video Diffusion", VIDEO_UNET)
     if model_blocks.transformer_blocks(model_patcher):
@@ -74,3 +80,10 @@ def require_family(
         f"{node_name} works with {listing} models; this model ({family.name}) is not supported. Load a {listing} "
         "checkpoint."
     )
+
+
+def block_labels(model_patcher) -> list[str]:
+    """The block names of a supported model, as ``exclude_blocks`` accepts them ("output 0", "double 3", ...)."""
+    if dit_families.dit_family(model_patcher) is not None:
+        return dit_families.block_labels(model_patcher)
+    return [block.label for block in model_blocks.transformer_blocks(model_patcher)]

@@ -24,6 +24,19 @@ class RefDropSettings:
         return self.sigma_range is None or in_sigma_window(extra_options, *self.sigma_range)
 
 
+def check_reference_rows(layout: ChunkLayout, settings: RefDropSettings) -> None:
+    """Raise a ValueError that says how many images are needed when a chunk is too small for the references."""
+    references = settings.reference_rows
+    needed = max(max(references) + 1, len(references) + 1)
+    if layout.rows_per_chunk < needed:
+        raise ValueError(
+            f"{settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s)/frame(s), but the "
+            f"reference(s) at position {', '.join(str(r) for r in references)} plus at least one image to guide "
+            f"need {needed}. Raise the latent's batch size (e.g. Empty Latent Image batch_size, or the video "
+            f"frame count) to {needed} or more, or use fewer / earlier references."
+        )
+
+
 class RefDropAttention:
     """attn1 replace: inner self-attention (chained patch or plain) plus Eq. 6 on the guided rows.
 
@@ -60,15 +73,7 @@ class RefDropAttention:
         if layout is None:
             self.notice.report(f"{q.shape[0]} rows do not split into {chunks} chunks")
             return None
-        references = self.settings.reference_rows
-        needed = max(max(references) + 1, len(references) + 1)
-        if layout.rows_per_chunk < needed:
-            raise ValueError(
-                f"{self.settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s)/frame(s), but the "
-                f"reference(s) at position {', '.join(str(r) for r in references)} plus at least one image to guide "
-                f"need {needed}. Raise the latent's batch size (e.g. Empty Latent Image batch_size, or the video "
-                f"frame count) to {needed} or more, or use fewer / earlier references."
-            )
+        check_reference_rows(layout, self.settings)
         return layout
 
     def guidable_call(self, q, k, v, extra_options) -> bool:

@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..comfy_patches import model_blocks, model_families
+from ..comfy_patches.attention_override import InBatchReferences, patch_dit
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 
 CATEGORY = "RefDrop"
@@ -136,21 +137,33 @@ class ApplyRefDrop(io.ComfyNode):
         cls, model, strength, reference_count, skip_up1, reference_strengths="", exclude_blocks=""
     ) -> io.NodeOutput:
         coefficients = coefficients_for(strength, reference_count, reference_strengths or "")
-        model_families.require_family(model, "Apply RefDrop", (model_families.IMAGE_UNET,))
-        blocks = model_blocks.transformer_blocks(model)
+        family = model_families.require_family(
+            model, "Apply RefDrop", (model_families.IMAGE_UNET, model_families.IMAGE_DIT)
+        )
         excluded = set(parse_block_names(exclude_blocks or ""))
-        valid = [block.label for block in blocks]
+        valid = model_families.block_labels(model)
         unknown = sorted(excluded - set(valid))
         if unknown:
             raise ValueError(
                 f"exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a transformer block of this model. "
                 f"Valid names: {', '.join(valid)}."
             )
+        dit = family.kind == model_families.IMAGE_DIT
+        if skip_up1 and dit:
+            raise ValueError(
+                f"skip_up1 names a UNet block (the first up-sampling block); {family.name} is a diffusion "
+                f"transformer without one. Turn skip_up1 off and list the blocks to leave unguided in exclude_blocks "
+                f"(this model's blocks: {', '.join(valid[:3])}, ...)."
+            )
         if skip_up1:
+            blocks = model_blocks.transformer_blocks(model)
             excluded.add(next(block.label for block in blocks if block.block_name == "output"))
         if all(c == 0.0 for c in coefficients):
             return io.NodeOutput(model.clone())
         settings = RefDropSettings(tuple(range(reference_count)), tuple(coefficients))
+        if dit:
+            return io.NodeOutput(patch_dit(model, InBatchReferences(settings), excluded))
+        blocks = model_blocks.transformer_blocks(model)
         return io.NodeOutput(patch_self_attention(model, settings, [b for b in blocks if b.label not in excluded]))
 
 

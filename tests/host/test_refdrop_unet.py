@@ -137,15 +137,16 @@ def test_video_models_are_refused():
         apply_refdrop(tiny_models.tiny_unet("svd"))
 
 
-def test_models_without_unet_blocks_are_refused():
+def test_unsupported_models_are_refused_with_the_supported_families():
     import comfy.model_patcher
     import comfy.supported_models
 
-    dit = comfy.supported_models.SD3({"in_channels": 16, "patch_size": 2, "depth": 2, "pos_embed_max_size": 16,
-                                       "num_patches": 256, "context_embedder_config": None,
-                                       "adm_in_channels": 64}).get_model({})  # fmt: skip
-    patcher = comfy.model_patcher.ModelPatcher(dit, torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="works with SD1.x, SD2.x, SDXL models; this model \\(SD3\\) is not supported"):
+    model_config = comfy.supported_models.AuraFlow({"dim": 64, "n_layers": 2, "n_double_layers": 1, "n_heads": 2,
+                                                    "global_conddim": 64, "cond_seq_dim": 32, "max_seq": 64})  # fmt: skip
+    model_config.set_inference_dtype(torch.float32, None)
+    patcher = comfy.model_patcher.ModelPatcher(model_config.get_model({}), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"works with SD1.x, SD2.x, SDXL, Flux, .*Qwen-Image.* models; this model "
+                                         r"\(AuraFlow\) is not supported"):  # fmt: skip
         apply_refdrop(patcher)
 
 

@@ -1,0 +1,261 @@
+"""RefDrop on diffusion transformers: ComfyUI's ``optimized_attention_override``, shared by every DiT node.
+
+API (what a node or another guidance mode plugs in):
+
+- :func:`patch_dit(model, policy, exclude_blocks=())` returns a clone of ``model`` (a ModelPatcher of a family in
+  ``dit_families.DIT_FAMILIES``) whose self-attention calls are guided by ``policy``. It sets
+  ``model_options["transformer_options"]["optimized_attention_override"]`` (chaining an override that is already
+  there: that one then computes the plain attention *and* every extra attention of ours) and adds an
+  APPLY_MODEL wrapper that gives each model call a fresh call counter (APPLY_MODEL, not DIFFUSION_MODEL: some
+  DiTs, SD3's MMDiT for one, do not run DIFFUSION_MODEL wrappers).
+- A *policy* (:class:`GuidancePolicy`) decides the rows/tokens: ``policy.terms(call, site)`` returns the
+  :class:`~..attention_patches.guidance.GuidanceTerm` list for one self-attention call (``[]``/None = leave it
+  plain), ``policy.node_name`` names the node in messages. :class:`InBatchReferences` is RefDrop's in-batch
+  policy (paper Eq. 5 / 6, the first rows of each guidance chunk are references); a temporal policy (frames of
+  one row, video DiTs) or a reference-image policy (rows appended by a wrapper) implement the same method.
+- :class:`AttentionCall` is one call, normalised: q/k/v, heads, mask, layout (``token_axis``: 1 for
+  (B, L, heads*dim), 2 for ComfyUI's ``skip_reshape`` (B, heads, L, dim)), ``out_token_axis``, the call's
+  ``transformer_options`` (``cond_or_uncond``, ``sigmas``, ``grid_sizes``, ...) and ``forward`` (the per-forward
+  state of the wrapper: ``forward.inputs`` holds the model call's keyword inputs, the extra conds such as
+  ``ref_latents`` or ``num_video_frames``).
+- :class:`CallSite` is what the family says a call is: its block label (the names ``exclude_blocks`` accepts)
+  and whether it is self-attention. Which call is which comes from ONE place, the family
+  (``dit_families``): ComfyUI's ``block_type`` / ``block_index`` where the model sets them, else the call's
+  position in the forward (the wrapper's counter, keyed by block), then a shape check (q, k, v of one sequence:
+  same rows, same token count). Cross-attention (q and k from different sequences) is never touched, even
+  when the token counts happen to be equal: the family's call order says which call is cross-attention.
+
+Every extra attention goes through the backend ``func`` ComfyUI handed us (or the chained override) with the
+call's own keyword arguments, ``_inside_attn_wrapper`` included, so the user's attention backend runs it and
+the override is not re-entered. Nothing survives a forward; no K/V copies (views only), no attention matrices.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import comfy.patcher_extension
+
+from ..attention_patches.guidance import GuidanceTerm, Span, apply_guidance_, in_batch_terms, term_mask
+from ..attention_patches.layout import chunk_layout
+from . import dit_families
+from .attention_calls import FallbackNotice
+from .dit_families import CallSite
+from .refdrop_patch import RefDropSettings, check_reference_rows
+
+OVERRIDE_KEY = "optimized_attention_override"
+# Set on the transformer_options of the extra attentions we compute: overrides of this pack pass them through.
+EXTRA_CALL_KEY = "refguide_extra_attention"
+
+
+@dataclass
+class ForwardState:
+    """One diffusion-model forward, as the wrapper saw it: call counter per block key, the model's inputs."""
+
+    inputs: dict
+    calls: dict = field(default_factory=dict)
+
+    def next_ordinal(self, key) -> int:
+        ordinal = self.calls.get(key, 0)
+        self.calls[key] = ordinal + 1
+        return ordinal
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One attention call, normalised from the arguments ComfyUI's attention functions take."""
+
+    q: object
+    k: object
+    v: object
+    heads: int
+    mask: object
+    skip_reshape: bool
+    skip_output_reshape: bool
+    kwargs: dict
+    transformer_options: dict
+    forward: ForwardState | None
+
+    @property
+    def token_axis(self) -> int:
+        return 2 if self.skip_reshape else 1
+
+    @property
+    def out_token_axis(self) -> int:
+        return 2 if self.skip_output_reshape else 1
+
+    @property
+    def rows(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def q_tokens(self) -> int:
+        return self.q.shape[self.token_axis]
+
+    @property
+    def k_tokens(self) -> int:
+        return self.k.shape[self.token_axis]
+
+    def one_sequence(self) -> bool:
+        """q, k, v come from one sequence: same rows, same token count (necessary for self-attention)."""
+        axis = self.token_axis
+        return (
+            self.k.shape[0] == self.rows
+            and self.v.shape[0] == self.rows
+            and self.k.shape[axis] == self.q.shape[axis]
+            and self.v.shape[axis] == self.q.shape[axis]
+        )
+
+
+def _bind(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **kwargs):
+    kwargs["attn_precision"] = attn_precision
+    return q, k, v, heads, mask, bool(skip_reshape), bool(skip_output_reshape), kwargs
+
+
+class GuidancePolicy(Protocol):
+    """Which query tokens are guided toward which keys/values, for one self-attention call."""
+
+    node_name: str
+
+    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None: ...
+
+
+@dataclass(frozen=True)
+class InBatchReferences:
+    """RefDrop's in-batch policy (paper Eq. 5 / Eq. 6): the first rows of every guidance chunk are references.
+
+    Chunks come from ``cond_or_uncond`` (each is the whole latent batch); each classifier-free-guidance branch
+    uses its own reference rows. For joint text+image attention the reference's whole joint sequence is used.
+    """
+
+    settings: RefDropSettings
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.node_name
+
+    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None:
+        options = call.transformer_options
+        if not self.settings.active_at(options):
+            return None
+        chunks = len(options.get("cond_or_uncond") or [0])
+        layout = chunk_layout(call.rows, chunks, self.settings.reference_rows)
+        if layout is None:
+            raise _NotUnderstood(f"{call.rows} rows do not split into {chunks} guidance chunks")
+        check_reference_rows(layout, self.settings)
+        return in_batch_terms(layout, self.settings.coefficients)
+
+
+class _NotUnderstood(Exception):
+    """A call whose layout a policy cannot interpret: it runs plain, with one warning."""
+
+
+class DiTAttentionOverride:
+    """The ``optimized_attention_override`` of one patched model: plain attention, then the policy's terms.
+
+    ``previous`` is the override that was set before (another pack's backend switcher, or another node of
+    ours): it computes the plain attention and every extra attention. Stateless between forwards; the
+    per-forward counter lives in ``transformer_options[self.state_key]``, set by :meth:`wrapper`.
+    """
+
+    def __init__(self, family, policy: GuidancePolicy, excluded: frozenset[str], previous=None):
+        self.family = family
+        self.policy = policy
+        self.excluded = excluded
+        self.previous = previous
+        self.notice = FallbackNotice(policy.node_name)
+        self.state_key = f"refguide_forward_{uuid.uuid4().hex}"
+
+    # --- the APPLY_MODEL wrapper: a fresh counter per model call ---------------------------------------------
+    def wrapper(self, executor, *args, **kwargs):
+        options = kwargs.get("transformer_options")
+        if not isinstance(options, dict):
+            options = next((a for a in args if isinstance(a, dict) and OVERRIDE_KEY in a), None)
+        if options is None:
+            return executor(*args, **kwargs)
+        inputs = {name: value for name, value in kwargs.items() if name != "transformer_options"}
+        options[self.state_key] = ForwardState(inputs)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            options.pop(self.state_key, None)
+
+    # --- the override ------------------------------------------------------------------------------------
+    def __call__(self, func, *args, **kwargs):
+        run = self.previous or (lambda f, *a, **kw: f(*a, **kw))
+        options = kwargs.get("transformer_options") or {}
+        if options.get(EXTRA_CALL_KEY):
+            return run(func, *args, **kwargs)
+        site = self.site(args, kwargs, options)
+        out = run(func, *args, **kwargs)
+        if site is None:
+            return out
+        call, site = site
+        try:
+            terms = self.policy.terms(call, site)
+        except _NotUnderstood as error:
+            self.notice.report(f"{site.label}: {error}")
+            return out
+        if not terms:
+            return out
+        extra_options = dict(options)
+        extra_options[EXTRA_CALL_KEY] = True
+
+        def attention(queries, keys, values, term: GuidanceTerm, source: Span):
+            mask = term_mask(call.mask, call.rows, term, source, call.q_tokens, call.k_tokens)
+            extra_kwargs = dict(call.kwargs, transformer_options=extra_options)
+            return run(func, queries, keys, values, call.heads, mask=mask, skip_reshape=call.skip_reshape,
+                       skip_output_reshape=call.skip_output_reshape, **extra_kwargs)  # fmt: skip
+
+        return apply_guidance_(out, call.q, call.k, call.v, terms, attention, call.token_axis, call.out_token_axis)
+
+    def site(self, args, kwargs, options):
+        """(AttentionCall, CallSite) when this call is a guided self-attention call, else None (counted anyway)."""
+        forward = options.get(self.state_key)
+        if forward is None:
+            if "cond_or_uncond" in options:
+                self.notice.report("the model-call wrapper did not run, so calls cannot be told apart")
+            return None
+        try:
+            q, k, v, heads, mask, skip_reshape, skip_output_reshape, rest = _bind(*args, **kwargs)
+        except TypeError:
+            self.notice.report("an attention call with unexpected arguments")
+            return None
+        call = AttentionCall(q, k, v, heads, mask, skip_reshape, skip_output_reshape, rest, options, forward)
+        key = (options.get("block_type"), options.get("block_index"))
+        site = self.family.call_site(key, forward.next_ordinal(key), call)
+        if site.problem:
+            self.notice.report(site.problem)
+            return None
+        if not site.self_attention or site.label in self.excluded:
+            return None
+        if not call.one_sequence():
+            self.notice.report(
+                f"{site.label}: expected self-attention, got q {tuple(q.shape)} / k {tuple(k.shape)} / "
+                f"v {tuple(v.shape)}"
+            )
+            return None
+        return call, site
+
+    # --- ComfyUI's model-options protocol ------------------------------------------------------------------
+    def __deepcopy__(self, memo):
+        return self
+
+
+def patch_dit(model, policy: GuidancePolicy, exclude_blocks=()):
+    """A clone of ``model`` whose self-attention calls ``policy`` guides (the blocks in ``exclude_blocks`` stay plain).
+
+    Raises ValueError when the model is not a supported diffusion transformer or a block name is unknown.
+    """
+    family = dit_families.dit_family(model)
+    if family is None:
+        raise ValueError(f"{policy.node_name}: this model is not a supported diffusion transformer.")
+    dit_families.check_block_names(model, exclude_blocks, policy.node_name)
+    patched = model.clone()
+    options = patched.model_options.setdefault("transformer_options", {})
+    override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), options.get(OVERRIDE_KEY))
+    options[OVERRIDE_KEY] = override
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, override.state_key, override.wrapper)
+    return patched

@@ -1,0 +1,220 @@
+"""Diffusion-transformer families: which model classes, their block names, and which attention call is which.
+
+Each family knows, for one forward of its model, the order of its attention calls: ``call_site(key, ordinal,
+call)`` gets ``key = (transformer_options["block_type"], transformer_options["block_index"])`` (``None`` where
+the model does not set them), the position of the call among the calls with that key in this forward, and
+the call itself, and says which block it belongs to and whether it is self-attention. Block labels are the
+names ``exclude_blocks`` accepts (lower case, words separated by single spaces).
+
+Families are matched by the exact class of ``model.diffusion_model`` (a subclass may call attention
+differently: it is listed only once tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.ldm.chroma.model
+import comfy.ldm.cosmos.predict2
+import comfy.ldm.flux.model
+import comfy.ldm.lumina.model
+import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.ldm.qwen_image.model
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """What a family says an attention call is: block label, self-attention or not, or why it is not understood."""
+
+    label: str | None
+    self_attention: bool
+    problem: str | None = None
+
+
+def _unexpected(key, ordinal) -> CallSite:
+    return CallSite(None, False, f"an attention call this model family does not make (block {key}, call {ordinal})")
+
+
+class DiTFamily:
+    """One family: its name, model classes, block labels and call order. Subclasses fill the three methods."""
+
+    name: str = ""
+    video: bool = False  # video families are handled by the video nodes
+    model_classes: tuple[type, ...] = ()
+    # README: how guidance chunks and blocks are named.
+    naming: str = ""
+
+    def matches(self, diffusion_model) -> bool:
+        return type(diffusion_model) in self.model_classes
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        raise NotImplementedError
+
+    def call_site(self, key, ordinal: int, call) -> CallSite:
+        raise NotImplementedError
+
+
+class FluxFamily(DiTFamily):
+    """Flux / Chroma: double-stream blocks (joint [txt; img] attention), then single-stream blocks (one sequence)."""
+
+    name = "Flux"
+    model_classes = (comfy.ldm.flux.model.Flux,)
+    naming = "`double 0`.. (double-stream), `single 0`.. (single-stream); joint text+image self-attention"
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return [f"double {i}" for i in range(len(diffusion_model.double_blocks))] + [
+            f"single {i}" for i in range(len(diffusion_model.single_blocks))
+        ]
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        block_type, index = key
+        if block_type in ("double", "single") and index is not None and ordinal == 0:
+            return CallSite(f"{block_type} {index}", True)
+        return _unexpected(key, ordinal)
+
+
+class ChromaFamily(FluxFamily):
+    name = "Chroma"
+    model_classes = (comfy.ldm.chroma.model.Chroma,)
+
+
+class QwenImageFamily(DiTFamily):
+    """Qwen-Image: one joint [txt; img] attention per transformer block (masked for text padding)."""
+
+    name = "Qwen-Image"
+    model_classes = (comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,)
+    naming = "`block 0`..; joint text+image self-attention (text padding mask: the reference row's own)"
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return [f"block {i}" for i in range(len(diffusion_model.transformer_blocks))]
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        block_type, index = key
+        if block_type == "double" and index is not None and ordinal == 0:
+            return CallSite(f"block {index}", True)
+        return _unexpected(key, ordinal)
+
+
+class LuminaFamily(DiTFamily):
+    """Lumina 2 / Z-Image (NextDiT): caption refiner, noise refiner, then the main layers; all self-attention.
+
+    The refiners run before the model sets ``block_index``; they are told apart by their order in the forward.
+    Z-Image "omni" calls (reference latents / SigLIP features) change the batch layout: they run unguided.
+    """
+
+    name = "Lumina 2 / Z-Image"
+    model_classes = (comfy.ldm.lumina.model.NextDiT,)
+    naming = (
+        "`context refiner 0`.. (caption tokens), `noise refiner 0`.. (image tokens), `layer 0`.. (joint caption+image)"
+    )
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return (
+            [f"context refiner {i}" for i in range(len(diffusion_model.context_refiner))]
+            + [f"noise refiner {i}" for i in range(len(diffusion_model.noise_refiner))]
+            + [f"layer {i}" for i in range(len(diffusion_model.layers))]
+        )
+
+    def __init__(self, context_refiners: int = 0, noise_refiners: int = 0):
+        self.context_refiners = context_refiners
+        self.noise_refiners = noise_refiners
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        if call.forward is not None and call.forward.inputs.get("ref_latents"):
+            return CallSite(None, False, "Z-Image omni inputs (reference latents) are not guided")
+        block_type, index = key
+        if block_type == "double" and index is not None and ordinal == 0:
+            return CallSite(f"layer {index}", True)
+        if key == (None, None):
+            if ordinal < self.context_refiners:
+                return CallSite(f"context refiner {ordinal}", True)
+            if ordinal < self.context_refiners + self.noise_refiners:
+                return CallSite(f"noise refiner {ordinal - self.context_refiners}", True)
+        return _unexpected(key, ordinal)
+
+
+class SD3Family(DiTFamily):
+    """SD3 / SD3.5 (MMDiT): one joint [context; x] attention per joint block; SD3.5 Medium's x-only second
+    self-attention (``x_block_self_attn`` blocks) follows it. No block index is set: order in the forward."""
+
+    name = "SD3 / SD3.5"
+    model_classes = (comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper,)
+    naming = "`joint 0`..; joint context+image self-attention (+ SD3.5 Medium's image-only self-attention)"
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return [f"joint {i}" for i in range(len(diffusion_model.joint_blocks))]
+
+    def __init__(self, plan: tuple[str, ...] = ()):
+        self.plan = plan
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        if key == (None, None) and ordinal < len(self.plan):
+            return CallSite(self.plan[ordinal], True)
+        return _unexpected(key, ordinal)
+
+
+class CosmosPredict2Family(DiTFamily):
+    """Cosmos Predict2 text-to-image (MiniTrainDIT): per block a self-attention over the image tokens, then a
+    cross-attention to the text (never touched, whatever the token counts)."""
+
+    name = "Cosmos Predict2"
+    model_classes = (comfy.ldm.cosmos.predict2.MiniTrainDIT,)
+    naming = "`block 0`..; image self-attention (the text cross-attention is untouched)"
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return [f"block {i}" for i in range(len(diffusion_model.blocks))]
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        block_type, index = key
+        if block_type is None and index is not None and ordinal in (0, 1):
+            return CallSite(f"block {index}", ordinal == 0)
+        return _unexpected(key, ordinal)
+
+
+FAMILIES: tuple[DiTFamily, ...] = (
+    FluxFamily(),
+    ChromaFamily(),
+    QwenImageFamily(),
+    LuminaFamily(),
+    SD3Family(),
+    CosmosPredict2Family(),
+)
+
+
+def _diffusion_model(model_patcher):
+    return getattr(model_patcher.model, "diffusion_model", None)
+
+
+def dit_family(model_patcher) -> DiTFamily | None:
+    """The family of a ModelPatcher's diffusion transformer, bound to this model's layout; None if unsupported."""
+    diffusion_model = _diffusion_model(model_patcher)
+    for family in FAMILIES:
+        if family.matches(diffusion_model):
+            if isinstance(family, LuminaFamily):
+                return LuminaFamily(len(diffusion_model.context_refiner), len(diffusion_model.noise_refiner))
+            if isinstance(family, SD3Family):
+                plan = []
+                for i, block in enumerate(diffusion_model.joint_blocks):
+                    plan.append(f"joint {i}")
+                    if block.x_block.x_block_self_attn:
+                        plan.append(f"joint {i}")
+                return SD3Family(tuple(plan))
+            return family
+    return None
+
+
+def block_labels(model_patcher) -> list[str]:
+    """Every block label of a supported diffusion transformer (what ``exclude_blocks`` accepts)."""
+    family = dit_family(model_patcher)
+    return family.block_labels(_diffusion_model(model_patcher)) if family else []
+
+
+def check_block_names(model_patcher, names, node_name: str) -> None:
+    """ValueError listing the valid names when ``names`` holds a label that is not a block of this model."""
+    valid = block_labels(model_patcher)
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{node_name}: exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a block of this model. "
+            f"Valid names: {', '.join(valid)}."
+        )

@@ -1,0 +1,79 @@
+"""Tiny diffusion transformers built from ComfyUI's own model classes (random weights, seconds on a CPU).
+
+``tiny_dit(name)`` -> ModelPatcher around comfy.supported_models.<Class>(config).get_model({}), float32,
+weights from a fixed generator (std ~0.1 for matrices, so attention choices are visible).
+"""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.supported_models
+import torch
+
+# Flux: width 64, 2 heads (axes 4+14+14 = 32 per head), 2 double + 2 single blocks, T5 width 32, CLIP pooled 16.
+TINY_FLUX = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16, "context_in_dim": 32,
+    "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+    "axes_dim": [4, 14, 14], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    "txt_ids_dims": [],
+}  # fmt: skip
+TINY_CHROMA = {
+    "image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": 32, "hidden_size": 64,
+    "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2, "axes_dim": [4, 14, 14],
+    "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 64, "hidden_dim": 64,
+    "n_layers": 1, "txt_ids_dims": [], "vec_in_dim": None,
+}  # fmt: skip
+TINY_QWEN_IMAGE = {
+    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+    "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 32, "axes_dims_rope": (8, 12, 12),
+}  # fmt: skip
+TINY_LUMINA2 = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 32, "n_layers": 2,
+    "qk_norm": True, "n_heads": 2, "n_kv_heads": 1, "axes_dims": [8, 12, 12], "axes_lens": [300, 64, 64],
+    "rope_theta": 10000.0, "ffn_dim_multiplier": 2.0,
+}  # fmt: skip
+TINY_ZIMAGE = dict(
+    TINY_LUMINA2, dim=256, n_heads=2, n_kv_heads=2, axes_dims=[32, 48, 48], rope_theta=256.0,
+    z_image_modulation=True, time_scale=1000.0,
+)  # fmt: skip
+TINY_SD3 = {
+    "in_channels": 16, "patch_size": 2, "depth": 2, "pos_embed_max_size": 16, "num_patches": 256,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+    "adm_in_channels": 32, "x_block_self_attn_layers": [0],
+}  # fmt: skip
+
+CLASSES = {
+    "flux": (comfy.supported_models.Flux, TINY_FLUX),
+    "chroma": (comfy.supported_models.Chroma, TINY_CHROMA),
+    "qwen_image": (comfy.supported_models.QwenImage, TINY_QWEN_IMAGE),
+    "lumina2": (comfy.supported_models.Lumina2, TINY_LUMINA2),
+    "zimage": (comfy.supported_models.ZImage, TINY_ZIMAGE),
+    "sd3": (comfy.supported_models.SD3, TINY_SD3),
+}
+
+
+def init_weights_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
+    """Norm weights ~1, biases small, matrices (and buffers left uninitialised, e.g. SD3's pos_embed) N(0, std^2)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
+            if tensor.ndim == 1 and (name.endswith("weight") or name.endswith("scale")):
+                tensor.copy_(1.0 + 0.05 * torch.randn(tensor.shape, generator=generator))
+            elif tensor.ndim <= 1:
+                tensor.copy_(0.02 * torch.randn(tensor.shape, generator=generator))
+            else:
+                tensor.copy_(std * torch.randn(tensor.shape, generator=generator))
+    return module
+
+
+def tiny_dit(name: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher around a tiny real ComfyUI DiT: "flux", "chroma", "qwen_image", "lumina2", "zimage", "sd3"."""
+    cls, config = CLASSES[name]
+    model_config = cls(dict(config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_weights_(model, seed)
+    return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
