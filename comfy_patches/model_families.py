@@ -21,6 +21,7 @@ NODE_FOR_KIND = {
     IMAGE_UNET: "Apply RefDrop",
     VIDEO_UNET: "SVD Temporal RefDrop",
     IMAGE_DIT: "Apply RefDrop",
+    VIDEO_DIT: "Temporal RefDrop",
 }
 
 # Families by kind, as refusals list them.

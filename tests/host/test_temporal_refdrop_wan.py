@@ -64,21 +64,27 @@ def recorded(patcher):
 
 def wan_inputs(variant, frames=3, size=4, text_tokens=7, seed=0, rows=2):
     g = torch.Generator().manual_seed(seed)
-    channels = {"i2v": 36, "i2v_22": 36, "ti2v_5b": 48}.get(variant, 16)
-    x = torch.randn(rows, channels, frames, size, size, generator=g)
+    x = torch.randn(rows, tiny_wan.latent_channels(variant), frames, size, size, generator=g)
     context = torch.randn(rows, text_tokens, tiny_wan.TEXT_DIM, generator=g)
     clip = torch.randn(rows, 257, tiny_wan.CLIP_VISION_WIDTH, generator=g) if variant == "i2v" else None
     return x, context, clip
 
 
 def forward(patcher, x, context, clip=None, cond_or_uncond=(1, 0)):
+    """One model call as ComfyUI's sampler makes it (BaseModel.apply_model, with the patcher's wrappers)."""
     options = dict(patcher.model_options.get("transformer_options", {}))
     options["cond_or_uncond"] = list(cond_or_uncond)
-    options["sigmas"] = torch.full((x.shape[0],), 0.7)
-    options["wrappers"] = patcher.wrappers  # what ComfyUI's sampler hands the diffusion model
+    sigma = torch.full((x.shape[0],), 0.7)
+    options["sigmas"] = sigma
+    options["wrappers"] = patcher.wrappers
+    extra = {"clip_fea": clip} if clip is not None else {}
+    in_dim = patcher.model.diffusion_model.patch_embedding.weight.shape[1]
+    concat = None
+    if in_dim > x.shape[1]:  # image-to-video: mask + start-image latent, as concat_cond builds them
+        concat = torch.randn(x.shape[0], in_dim - x.shape[1], *x.shape[2:], generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        return patcher.model.diffusion_model(x, torch.full((x.shape[0],), 700.0), context, clip_fea=clip,
-                                             transformer_options=options)  # fmt: skip
+        return patcher.model.apply_model(x, sigma, c_concat=concat, c_crossattn=context, transformer_options=options,
+                                         **extra)  # fmt: skip
 
 
 def expected_self_attention(call, reference_frame, c):

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from refguide.attention_patches.temporal import guided_frame_runs, temporal_reference_guidance_
+from refguide.attention_patches.guidance import apply_guidance_
+from refguide.attention_patches.temporal import guided_frame_runs, temporal_terms
 from refguide_testing import reference
 
 HEADS = 2
@@ -10,6 +11,14 @@ HEADS = 2
 
 def direct_attention(q, k, v):
     return reference.direct_attention(q, k, v, HEADS)
+
+
+def guide(q, k, v, out, frames, reference_frame, c, attention=None, token_axis=1):
+    """Temporal RefDrop as the pack runs it: the temporal terms through the shared blend (apply_guidance_)."""
+    attention = attention or direct_attention
+    terms = temporal_terms(q.shape[0], frames, q.shape[token_axis] // frames, reference_frame, c)
+    return apply_guidance_(out, q, k, v, terms, lambda qs, ks, vs, term, source: attention(qs, ks, vs),
+                           token_axis, token_axis)  # fmt: skip
 
 
 def clip_qkv(rows, frames, per_frame, width=16, seed=0):
@@ -44,7 +53,7 @@ def expected_temporal(q, k, v, frames, reference_frame, c):
 )
 def test_matches_direct_computation_in_float64(rows, frames, per_frame, reference_frame, c):
     q, k, v = clip_qkv(rows, frames, per_frame)
-    out = temporal_reference_guidance_(q, k, v, direct_attention(q, k, v), frames, reference_frame, c, direct_attention)
+    out = guide(q, k, v, direct_attention(q, k, v), frames, reference_frame, c)
     torch.testing.assert_close(out, expected_temporal(q, k, v, frames, reference_frame, c), rtol=1e-12, atol=1e-12)
 
 
@@ -60,9 +69,7 @@ def test_heads_first_layout_matches_tokens_layout():
         return torch.softmax(qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1) @ vh
 
     qh, kh, vh = heads_first(q), heads_first(k), heads_first(v)
-    out = temporal_reference_guidance_(
-        qh, kh, vh, attention_heads_first(qh, kh, vh), 4, 1, 0.3, attention_heads_first, token_dim=2
-    )
+    out = guide(qh, kh, vh, attention_heads_first(qh, kh, vh), 4, 1, 0.3, attention_heads_first, token_axis=2)
     torch.testing.assert_close(out.transpose(1, 2).reshape(expected.shape), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -75,11 +82,11 @@ def test_reference_keys_are_views_and_one_call_per_run():
         calls.append((qs.shape, ks.untyped_storage().data_ptr(), vs.untyped_storage().data_ptr(), ks.shape))
         return direct_attention(qs, ks, vs)
 
-    temporal_reference_guidance_(q, k, v, direct_attention(q, k, v), 5, 0, 0.2, spy)
+    guide(q, k, v, direct_attention(q, k, v), 5, 0, 0.2, spy)
     assert calls == [(torch.Size([2, 16, 16]), k.untyped_storage().data_ptr(), v.untyped_storage().data_ptr(),
                       torch.Size([2, 4, 16]))]  # fmt: skip
     calls.clear()
-    temporal_reference_guidance_(q, k, v, direct_attention(q, k, v), 5, 2, 0.2, spy)
+    guide(q, k, v, direct_attention(q, k, v), 5, 2, 0.2, spy)
     assert [shape for shape, *_ in calls] == [torch.Size([2, 8, 16]), torch.Size([2, 8, 16])]
 
 
@@ -92,10 +99,10 @@ def test_single_frame_and_zero_strength_leave_the_output_untouched():
         calls.append(args)
         return direct_attention(*args)
 
-    assert torch.equal(temporal_reference_guidance_(q, k, v, plain.clone(), 1, 0, 0.5, spy), plain)
+    assert torch.equal(guide(q, k, v, plain.clone(), 1, 0, 0.5, spy), plain)
     q, k, v = clip_qkv(2, 3, 2)
     plain = direct_attention(q, k, v)
-    assert torch.equal(temporal_reference_guidance_(q, k, v, plain.clone(), 3, 0, 0.0, spy), plain)
+    assert torch.equal(guide(q, k, v, plain.clone(), 3, 0, 0.0, spy), plain)
     assert calls == []
 
 
@@ -106,6 +113,6 @@ def test_guided_runs_and_errors():
     assert guided_frame_runs(1, 0) == ()
     with pytest.raises(ValueError, match="outside the clip's 3 latent frames"):
         guided_frame_runs(3, 3)
-    q, k, v = clip_qkv(1, 3, 2)
-    with pytest.raises(ValueError, match="do not split into 4 frames"):
-        temporal_reference_guidance_(q, k, v, direct_attention(q, k, v), 4, 0, 0.2, direct_attention)
+    assert temporal_terms(2, 1, 6, 0, 0.5) == [] and temporal_terms(2, 3, 6, 0, 0.0) == []
+    with pytest.raises(ValueError, match="outside the clip's 3 latent frames"):
+        temporal_terms(2, 3, 6, 5, 0.2)
