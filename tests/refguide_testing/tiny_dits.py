@@ -42,6 +42,15 @@ TINY_SD3 = {
     "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
     "adm_in_channels": 32, "x_block_self_attn_layers": [0],
 }  # fmt: skip
+# Cosmos Predict2 text-to-image: width 64, 2 heads, 2 blocks (self-attention, then cross-attention to the text).
+TINY_COSMOS_PREDICT2 = {
+    "image_model": "cosmos_predict2", "max_img_h": 64, "max_img_w": 64, "max_frames": 4, "in_channels": 16,
+    "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1, "concat_padding_mask": True, "model_channels": 64,
+    "num_blocks": 2, "num_heads": 2, "crossattn_emb_channels": 32, "pos_emb_cls": "rope3d",
+    "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+    "use_adaln_lora": True, "adaln_lora_dim": 16, "rope_h_extrapolation_ratio": 4.0,
+    "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "extra_per_block_abs_pos_emb": False,
+}  # fmt: skip
 
 CLASSES = {
     "flux": (comfy.supported_models.Flux, TINY_FLUX),
@@ -50,6 +59,7 @@ CLASSES = {
     "lumina2": (comfy.supported_models.Lumina2, TINY_LUMINA2),
     "zimage": (comfy.supported_models.ZImage, TINY_ZIMAGE),
     "sd3": (comfy.supported_models.SD3, TINY_SD3),
+    "cosmos_predict2": (comfy.supported_models.CosmosT2IPredict2, TINY_COSMOS_PREDICT2),
 }
 
 
@@ -70,7 +80,7 @@ def init_weights_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch
 
 
 def tiny_dit(name: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher around a tiny real ComfyUI DiT: "flux", "chroma", "qwen_image", "lumina2", "zimage", "sd3"."""
+    """A ModelPatcher around a tiny real ComfyUI DiT: "flux", "chroma", "qwen_image", "lumina2", "zimage", "sd3", "cosmos_predict2"."""
     cls, config = CLASSES[name]
     model_config = cls(dict(config))
     model_config.set_inference_dtype(torch.float32, None)
