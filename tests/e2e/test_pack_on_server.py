@@ -72,5 +72,5 @@ def test_wrong_strength_count_is_refused_before_sampling(comfy_server):
 def test_every_shipped_workflow_is_run_by_an_e2e_test():
     e2e_sources = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*workflows.py"))
     shipped = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-    assert len(shipped) == 9
+    assert len(shipped) == 10
     assert [name for name in shipped if f"{name}.json" not in e2e_sources] == []

@@ -11,9 +11,10 @@ import comfy.model_patcher
 import comfy.supported_models
 import torch
 
-# Flux: width 64, 2 heads (axes 4+14+14 = 32 per head), 2 double + 2 single blocks, T5 width 32, CLIP pooled 16.
+# Flux: width 64, 2 heads (axes 4+14+14 = 32 per head), 2 double + 2 single blocks, T5 width 32, CLIP pooled 64
+# (the pooled width of tiny_models.tiny_clip, which stands in for Flux's CLIP-L + T5 in the workflows).
 TINY_FLUX = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16, "context_in_dim": 32,
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 64, "context_in_dim": 32,
     "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
     "axes_dim": [4, 14, 14], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
     "txt_ids_dims": [],
@@ -51,9 +52,13 @@ TINY_COSMOS_PREDICT2 = {
     "use_adaln_lora": True, "adaln_lora_dim": 16, "rope_h_extrapolation_ratio": 4.0,
     "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0, "extra_per_block_abs_pos_emb": False,
 }  # fmt: skip
+# For whole Flux workflows at 1024x1024 (4096 image tokens a row) on a CPU: width 32, one head, one double-stream
+# block (the single-stream path is covered by the host tests).
+TINY_FLUX_LIGHT = dict(TINY_FLUX, hidden_size=32, num_heads=1, depth=1, depth_single_blocks=0)
 
 CLASSES = {
     "flux": (comfy.supported_models.Flux, TINY_FLUX),
+    "flux_light": (comfy.supported_models.Flux, TINY_FLUX_LIGHT),
     "chroma": (comfy.supported_models.Chroma, TINY_CHROMA),
     "qwen_image": (comfy.supported_models.QwenImage, TINY_QWEN_IMAGE),
     "lumina2": (comfy.supported_models.Lumina2, TINY_LUMINA2),
@@ -80,10 +85,24 @@ def init_weights_(module: torch.nn.Module, seed: int, std: float = 0.1) -> torch
 
 
 def tiny_dit(name: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A ModelPatcher around a tiny real ComfyUI DiT: "flux", "chroma", "qwen_image", "lumina2", "zimage", "sd3", "cosmos_predict2"."""
+    """A ModelPatcher around a tiny real ComfyUI DiT: "flux", "flux_light", "chroma", "qwen_image", "lumina2", "zimage", "sd3", "cosmos_predict2"."""
     cls, config = CLASSES[name]
     model_config = cls(dict(config))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     init_weights_(model, seed)
     return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def tiny_flux_vae(seed: int = 2):
+    """A real comfy.sd.VAE (AutoencoderKL, 8x down-sampling) with Flux's 16 latent channels, at toy width."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from refguide_testing.tiny_models import TINY_VAE_DDCONFIG, init_module_
+
+    config = {"params": {"ddconfig": dict(TINY_VAE_DDCONFIG, z_channels=16), "embed_dim": 16}}
+    state_dict = init_module_(AutoencoderKL(**config["params"]), seed, scale=0.5).state_dict()
+    vae = comfy.sd.VAE(sd=state_dict, config=config)
+    vae.latent_channels = 16
+    return vae

@@ -85,16 +85,18 @@ def _wan_variant(unet_name: str) -> str:
 
 
 class RefGuideTestUNETLoader:
-    """Stand-in for UNETLoader (Wan 2.x): ComfyUI's real WanModel at toy size, the variant the file name names.
+    """Stand-in for UNETLoader: a tiny real diffusion model of the family the file name names.
 
-    Wan 2.2's high- and low-noise experts get different weights (as the two real files have).
+    Wan files (``wan...``): ComfyUI's real WanModel at toy size, the variant the name says (t2v, i2v, Wan 2.2 14B
+    i2v experts, 5B TI2V); Wan 2.2's high- and low-noise experts get different weights, as the two real files
+    have. Anything else: a tiny real Flux diffusion model (one double-stream block).
     """
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "unet_name": ("STRING", {"default": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"}),
+                "unet_name": ("STRING", {"default": "flux1-dev.safetensors"}),
                 "weight_dtype": ("STRING", {"default": "default"}),
             }
         }
@@ -104,9 +106,37 @@ class RefGuideTestUNETLoader:
     CATEGORY = "testing"
 
     def load(self, unet_name, weight_dtype):
-        from refguide_testing import tiny_wan
+        if "wan" in unet_name.lower():
+            from refguide_testing import tiny_wan
 
-        return (tiny_wan.tiny_wan(_wan_variant(unet_name), seed=1 if "low_noise" in unet_name else 0),)
+            return (tiny_wan.tiny_wan(_wan_variant(unet_name), seed=1 if "low_noise" in unet_name else 0),)
+        from refguide_testing import tiny_dits
+
+        return (tiny_dits.tiny_dit("flux_light"),)
+
+
+class RefGuideTestDualCLIPLoader:
+    """Stand-in for DualCLIPLoader (Flux: CLIP-L + T5): a tiny real CLIP whose outputs fit the tiny Flux."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_name1": ("STRING", {"default": "clip_l.safetensors"}),
+                "clip_name2": ("STRING", {"default": "t5xxl_fp16.safetensors"}),
+                "type": ("STRING", {"default": "flux"}),
+            },
+            "optional": {"device": ("STRING", {"default": "default"})},
+        }
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, clip_name1, clip_name2, type, device="default"):
+        from refguide_testing import tiny_dits
+
+        return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_FLUX["context_in_dim"]),)
 
 
 class RefGuideTestCLIPLoader:
@@ -133,22 +163,28 @@ class RefGuideTestCLIPLoader:
 
 
 class RefGuideTestVAELoader:
-    """Stand-in for VAELoader (wan_2.1_vae): ComfyUI's real Wan 2.1 VAE class at toy width."""
+    """Stand-in for VAELoader: ComfyUI's real Wan 2.1 VAE class at toy width for Wan files (``wan...``), else a
+    tiny real AutoencoderKL with 16 latent channels (Flux ae.safetensors)."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae_name": ("STRING", {"default": "wan_2.1_vae.safetensors"})}}
+        return {"required": {"vae_name": ("STRING", {"default": "ae.safetensors"})}}
 
     RETURN_TYPES = ("VAE",)
     FUNCTION = "load"
     CATEGORY = "testing"
 
     def load(self, vae_name):
-        from refguide_testing import tiny_wan
+        if "wan" in vae_name.lower():
+            from refguide_testing import tiny_wan
 
-        return (tiny_wan.tiny_wan_vae(),)
+            return (tiny_wan.tiny_wan_vae(),)
+        from refguide_testing import tiny_dits
+
+        return (tiny_dits.tiny_flux_vae(),)
 
 
 NODE_CLASS_MAPPINGS["RefGuideTestUNETLoader"] = RefGuideTestUNETLoader
+NODE_CLASS_MAPPINGS["RefGuideTestDualCLIPLoader"] = RefGuideTestDualCLIPLoader
 NODE_CLASS_MAPPINGS["RefGuideTestCLIPLoader"] = RefGuideTestCLIPLoader
 NODE_CLASS_MAPPINGS["RefGuideTestVAELoader"] = RefGuideTestVAELoader

@@ -1,0 +1,48 @@
+"""The Flux RefDrop workflows, run as shipped through a live ComfyUI server with tiny stand-in Flux weights."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from refguide_testing import workflow as wf
+
+pytestmark = pytest.mark.e2e
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+SWAP = {
+    "UNETLoader": "RefGuideTestUNETLoader",
+    "DualCLIPLoader": "RefGuideTestDualCLIPLoader",
+    "VAELoader": "RefGuideTestVAELoader",
+}
+
+
+def test_flux_consistent_character_runs_end_to_end(comfy_server, object_info):
+    graph = wf.load(WORKFLOWS / "refdrop_flux_consistent_character.json")
+    assert "MarkdownNote" in wf.node_types(graph)
+    prompt = wf.ui_to_api(graph, object_info, swap=SWAP)
+    sampler = next(n["inputs"] for n in prompt.values() if n["class_type"] == "KSampler")
+    assert sampler["cfg"] == 1.0  # Flux dev: one guidance chunk
+    entry = comfy_server.run_prompt(prompt, timeout=900)
+    images = [np.asarray(Image.open(path)) for path in comfy_server.output_files(entry)]
+    assert len(images) == 4
+    assert all(a.shape == (1024, 1024, 3) and a.std() > 0 for a in images)
+
+
+def test_skip_up1_on_flux_is_refused_with_a_pointer_to_exclude_blocks(comfy_server):
+    prompt = {
+        "1": {"class_type": "RefGuideTestUNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",
+                                                                  "weight_dtype": "default"}},
+        "2": {"class_type": "ApplyRefDrop", "inputs": {"model": ["1", 0], "strength": 0.3, "reference_count": 1,
+                                                        "skip_up1": True}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+              "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0, "positive": ["4", 0],
+              "negative": ["4", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["6", 0], "text": "x"}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "6": {"class_type": "RefGuideTestDualCLIPLoader", "inputs": {"clip_name1": "a", "clip_name2": "b",
+                                                                      "type": "flux"}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "bad"}},
+    }  # fmt: skip
+    with pytest.raises(RuntimeError, match="skip_up1.*exclude_blocks"):
+        comfy_server.run_prompt(prompt, timeout=300)
