@@ -30,16 +30,21 @@ from .layout import ChunkLayout
 
 @dataclass(frozen=True)
 class Span:
-    """Row ``row`` of a batch, tokens [start, stop) of it (stop None = to the end)."""
+    """Rows [row, row + rows) of a batch, tokens [start, stop) of each (stop None = to the end).
+
+    ``rows`` > 1 addresses the same tokens of several rows at once, for a term whose target and sources cover the
+    same rows (the frames of every clip of a video batch): one extra attention then serves all those rows.
+    """
 
     row: int
     start: int = 0
     stop: int | None = None
+    rows: int = 1
 
     def of(self, x: torch.Tensor, token_axis: int) -> torch.Tensor:
-        """The view of ``x`` this span covers: batch size 1, the span's tokens on ``token_axis``."""
+        """The view of ``x`` this span covers: batch size ``rows``, the span's tokens on ``token_axis``."""
         stop = x.shape[token_axis] if self.stop is None else self.stop
-        return x.narrow(0, self.row, 1).narrow(token_axis, self.start, stop - self.start)
+        return x.narrow(0, self.row, self.rows).narrow(token_axis, self.start, stop - self.start)
 
     def length(self, tokens: int) -> int:
         return (tokens if self.stop is None else self.stop) - self.start
@@ -114,7 +119,7 @@ def term_mask(mask: torch.Tensor | None, batch: int, term: GuidanceTerm, source:
     if mask is None:
         return None
     if mask.ndim >= 3 and mask.shape[0] == batch and batch > 1:
-        mask = mask.narrow(0, source.row, 1)
+        mask = mask.narrow(0, source.row, source.rows)
     if mask.shape[-1] == k_tokens:
         mask = mask.narrow(-1, source.start, source.length(k_tokens))
     if mask.ndim >= 2 and mask.shape[-2] == q_tokens and q_tokens > 1:

@@ -152,6 +152,9 @@ class _NotUnderstood(Exception):
     """A call whose layout a policy cannot interpret: it runs plain, with one warning."""
 
 
+NotUnderstood = _NotUnderstood  # the public name, for policies outside this module (e.g. the temporal policy)
+
+
 class DiTAttentionOverride:
     """The ``optimized_attention_override`` of one patched model: plain attention, then the policy's terms.
 

@@ -20,6 +20,7 @@ import comfy.ldm.flux.model
 import comfy.ldm.lumina.model
 import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.qwen_image.model
+import comfy.ldm.wan.model
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,30 @@ class CosmosPredict2Family(DiTFamily):
         return _unexpected(key, ordinal)
 
 
+class WanFamily(DiTFamily):
+    """Wan 2.1 / 2.2 (t2v, i2v, the 5B TI2V, each 14B expert): per block one self-attention over all frames'
+    tokens (frame-major, ``grid_sizes`` = frames, height, width), then the cross-attention(s): the text, and
+    for Wan 2.1 image-to-video first the CLIP-image one. Cross-attention is never touched, whatever the token
+    counts; only the order of the calls in each block (``block_index``) says which is which."""
+
+    name = "Wan 2.1 / 2.2"
+    video = True
+    model_classes = (comfy.ldm.wan.model.WanModel,)
+    naming = "`block 0`..; self-attention over every frame's tokens (text / CLIP-image cross-attention untouched)"
+
+    def __init__(self, cross_calls: int = 1):
+        self.cross_calls = cross_calls
+
+    def block_labels(self, diffusion_model) -> list[str]:
+        return [f"block {i}" for i in range(len(diffusion_model.blocks))]
+
+    def call_site(self, key, ordinal, call) -> CallSite:
+        block_type, index = key
+        if block_type == "double" and index is not None and ordinal <= self.cross_calls:
+            return CallSite(f"block {index}", ordinal == 0)
+        return _unexpected(key, ordinal)
+
+
 FAMILIES: tuple[DiTFamily, ...] = (
     FluxFamily(),
     ChromaFamily(),
@@ -178,6 +203,7 @@ FAMILIES: tuple[DiTFamily, ...] = (
     LuminaFamily(),
     SD3Family(),
     CosmosPredict2Family(),
+    WanFamily(),
 )
 
 
@@ -199,6 +225,9 @@ def dit_family(model_patcher) -> DiTFamily | None:
                     if block.x_block.x_block_self_attn:
                         plan.append(f"joint {i}")
                 return SD3Family(tuple(plan))
+            if isinstance(family, WanFamily):
+                i2v = isinstance(diffusion_model.blocks[0].cross_attn, comfy.ldm.wan.model.WanI2VCrossAttention)
+                return WanFamily(cross_calls=2 if i2v else 1)
             return family
     return None
 

@@ -21,6 +21,7 @@ NODE_FOR_KIND = {
     IMAGE_UNET: "Apply RefDrop",
     VIDEO_UNET: "SVD Temporal RefDrop",
     IMAGE_DIT: "Apply RefDrop",
+    VIDEO_DIT: "Temporal RefDrop",
 }
 
 SDXL = "SDXL"  # the one family Apply EasyRef accepts (EasyRef was trained on SDXL base 1.0)

@@ -16,7 +16,7 @@ comfy.cli_args.args.cpu = True
 import torch
 import comfy.sample, comfy.samplers, comfy.model_patcher, comfy.model_management, comfy.ldm.modules.attention
 import comfy.ldm.modules.diffusionmodules.openaimodel, comfy.patcher_extension, comfy.model_base, folder_paths, nodes
-from refguide_testing import tiny_models
+from refguide_testing import tiny_models, tiny_wan
 
 def snapshot():
     state = {}
@@ -36,7 +36,14 @@ def run(model):
     neg = [[torch.zeros(1, 8, 2048), {"pooled_output": torch.zeros(1, tiny_models.TINY_POOLED_DIM)}]]
     comfy.sample.sample(model, torch.randn(latent.shape), 2, 5.0, "euler", "normal", cond, neg, latent, disable_pbar=True)
 
+def run_wan(model):
+    latent = torch.zeros(1, 16, 3, 8, 8)
+    text = torch.randn(1, 9, tiny_wan.TEXT_DIM)
+    comfy.sample.sample(model, torch.randn(latent.shape), 2, 5.0, "euler", "simple", [[text, {}]],
+                        [[torch.zeros_like(text), {}]], latent, disable_pbar=True)
+
 sdxl = tiny_models.tiny_unet("sdxl")
+wan = tiny_wan.tiny_wan("t2v")
 svd = tiny_models.tiny_unet("svd")
 clip = tiny_models.tiny_clip()
 work = sys.argv[2]
@@ -49,6 +56,7 @@ tiny_easyref.make_models_for(work, "sdxl")
 folder_paths.folder_names_and_paths["LLM"] = ([os.path.join(work, "LLM")], set())
 folder_paths.folder_names_and_paths["easyref"] = ([os.path.join(work, "easyref")], {".safetensors"})
 run(sdxl)  # warm-up: whatever ComfyUI itself caches on a first run
+run_wan(wan)
 before = snapshot()
 from refguide_testing.host import setup_host
 setup_host()  # imports the pack as ComfyUI's loader would (registers its model folders)
@@ -56,7 +64,7 @@ import refguide
 
 extension = asyncio.run(refguide.comfy_entrypoint())
 registered = [node.define_schema().node_id for node in asyncio.run(extension.get_node_list())]
-from refguide.nodes import easyref as er, refdrop as rd, svd as sv
+from refguide.nodes import easyref as er, refdrop as rd, svd as sv, video as vd
 
 # How to run each node; a node the pack registers without an entry here makes the test fail.
 state = {}
@@ -68,6 +76,7 @@ RUNS = {
     ).args[0]),
     "RefDropPromptBatch": lambda: rd.RefDropPromptBatch.execute(clip, "a\nb\nc"),
     "SVDTemporalRefDrop": lambda: sv.SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0),
+    "TemporalRefDrop": lambda: run_wan(vd.TemporalRefDrop.execute(wan, 0.2, 0).args[0]),
     "LoadEasyRefMLLM": lambda: state.update(
         easyref=er.LoadEasyRefMLLM.execute("Qwen2-VL-2B-Instruct", "easyref.safetensors", "fp32").args[0]),
     "EasyRefReferenceGroup": lambda: state.update(group=er.EasyRefReferenceGroup.execute(image).args[0]),

@@ -75,8 +75,22 @@ class RefGuideTestControlNetLoader:
 NODE_CLASS_MAPPINGS["RefGuideTestControlNetLoader"] = RefGuideTestControlNetLoader
 
 
+def _wan_variant(unet_name: str) -> str:
+    lowered = unet_name.lower()
+    if "ti2v" in lowered or "5b" in lowered:
+        return "ti2v_5b"
+    if "i2v" in lowered:
+        return "i2v_22" if "2.2" in lowered or "2_2" in lowered else "i2v"
+    return "t2v"
+
+
 class RefGuideTestUNETLoader:
-    """Stand-in for UNETLoader (Flux): a tiny real Flux diffusion model (one double-stream block)."""
+    """Stand-in for UNETLoader: a tiny real diffusion model of the family the file name names.
+
+    Wan files (``wan...``): ComfyUI's real WanModel at toy size, the variant the name says (t2v, i2v, Wan 2.2 14B
+    i2v experts, 5B TI2V); Wan 2.2's high- and low-noise experts get different weights, as the two real files
+    have. Anything else: a tiny real Flux diffusion model (one double-stream block).
+    """
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -92,6 +106,10 @@ class RefGuideTestUNETLoader:
     CATEGORY = "testing"
 
     def load(self, unet_name, weight_dtype):
+        if "wan" in unet_name.lower():
+            from refguide_testing import tiny_wan
+
+            return (tiny_wan.tiny_wan(_wan_variant(unet_name), seed=1 if "low_noise" in unet_name else 0),)
         from refguide_testing import tiny_dits
 
         return (tiny_dits.tiny_dit("flux_light"),)
@@ -121,8 +139,32 @@ class RefGuideTestDualCLIPLoader:
         return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_FLUX["context_in_dim"]),)
 
 
+class RefGuideTestCLIPLoader:
+    """Stand-in for CLIPLoader (umt5-xxl for Wan): a real tiny comfy.sd.CLIP whose width fits the tiny Wan."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip_name": ("STRING", {"default": "umt5_xxl_fp8_e4m3fn_scaled.safetensors"}),
+                "type": ("STRING", {"default": "wan"}),
+            },
+            "optional": {"device": ("STRING", {"default": "default"})},
+        }
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, clip_name, type, device="default"):
+        from refguide_testing import tiny_wan
+
+        return (tiny_wan.tiny_wan_text_encoder(),)
+
+
 class RefGuideTestVAELoader:
-    """Stand-in for VAELoader (Flux ae.safetensors): a tiny real AutoencoderKL with 16 latent channels."""
+    """Stand-in for VAELoader: ComfyUI's real Wan 2.1 VAE class at toy width for Wan files (``wan...``), else a
+    tiny real AutoencoderKL with 16 latent channels (Flux ae.safetensors)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -133,6 +175,10 @@ class RefGuideTestVAELoader:
     CATEGORY = "testing"
 
     def load(self, vae_name):
+        if "wan" in vae_name.lower():
+            from refguide_testing import tiny_wan
+
+            return (tiny_wan.tiny_wan_vae(),)
         from refguide_testing import tiny_dits
 
         return (tiny_dits.tiny_flux_vae(),)
@@ -140,4 +186,5 @@ class RefGuideTestVAELoader:
 
 NODE_CLASS_MAPPINGS["RefGuideTestUNETLoader"] = RefGuideTestUNETLoader
 NODE_CLASS_MAPPINGS["RefGuideTestDualCLIPLoader"] = RefGuideTestDualCLIPLoader
+NODE_CLASS_MAPPINGS["RefGuideTestCLIPLoader"] = RefGuideTestCLIPLoader
 NODE_CLASS_MAPPINGS["RefGuideTestVAELoader"] = RefGuideTestVAELoader

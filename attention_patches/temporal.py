@@ -1,0 +1,53 @@
+"""Temporal reference feature guidance for video diffusion transformers (RefDrop's video variant), plain torch.
+
+In a video DiT (Wan 2.x) one batch row is a whole clip: self-attention runs over all latent frames' tokens at
+once, frame-major, on a grid of (frames, height, width) tokens. RefDrop's Eq. 5 with a reference *frame* of the
+same row instead of a reference image: for every query token of every latent frame t other than the reference
+frame r,
+
+    X_t' = c * Attn(Q_t, K_r, V_r) + (1 - c) * X_t                                  (Eq. 5, temporal form)
+
+where X_t is the model's own self-attention output for those queries (over the whole clip) and K_r, V_r are the
+keys and values of frame r's tokens in the same row and call. Frame r's tokens are left as they are (for them
+the formula is the identity). Every row is its own clip with its own reference frame, so guidance branches
+(cond_or_uncond) need no bookkeeping.
+
+This module is the *policy* (which tokens are guided toward which); the blend itself is the one shared
+implementation, :func:`..guidance.apply_guidance_`. Cost: the guided queries attend to one frame's keys, about
+1/frames of the full attention. K_r and V_r are views (no copies); the frames before and after r are two
+contiguous runs of tokens, each one term spanning all rows, i.e. one attention call over the whole row batch
+(one call in all when r is the first or the last frame).
+"""
+
+from __future__ import annotations
+
+from .guidance import GuidanceTerm, Span
+
+
+def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int], ...]:
+    """The guided frames as contiguous [start, stop) runs: every frame except ``reference_frame``."""
+    if not 0 <= reference_frame < frames:
+        raise ValueError(f"reference frame {reference_frame} is outside the clip's {frames} latent frames")
+    runs = []
+    if reference_frame > 0:
+        runs.append((0, reference_frame))
+    if reference_frame + 1 < frames:
+        runs.append((reference_frame + 1, frames))
+    return tuple(runs)
+
+
+def temporal_terms(
+    rows: int, frames: int, tokens_per_frame: int, reference_frame: int, strength: float
+) -> list[GuidanceTerm]:
+    """Eq. 5 with a reference frame as guidance terms: every row's frames t != r <- the same row's frame r.
+
+    Tokens are frame-major (frame t is tokens [t*n, (t+1)*n) with n = ``tokens_per_frame``). Each run of guided
+    frames is one term over all ``rows`` rows, whose source is frame r of the same rows. [] when ``strength`` is
+    0 or the clip has one frame.
+    """
+    runs = guided_frame_runs(frames, reference_frame)
+    if strength == 0.0:
+        return []
+    n = tokens_per_frame
+    source = Span(0, reference_frame * n, (reference_frame + 1) * n, rows=rows)
+    return [GuidanceTerm(Span(0, start * n, stop * n, rows=rows), ((source, float(strength)),)) for start, stop in runs]

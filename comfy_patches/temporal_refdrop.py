@@ -1,0 +1,88 @@
+"""Temporal RefDrop on video diffusion transformers (Wan 2.x): a temporal policy for the shared DiT override.
+
+Which attention calls are self-attention (and which are the text / CLIP-image cross-attentions of the same
+block) is decided by the one shared mechanism, :mod:`.attention_override` with the family tables of
+:mod:`.dit_families`. This module only says, for one self-attention call, which tokens are guided toward which:
+the model's ``transformer_options["grid_sizes"]`` (latent frames, height, width in tokens) splits every row
+(one whole clip) into frames, and every frame other than the reference frame is guided toward it
+(:func:`..attention_patches.temporal.temporal_terms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..attention_patches.temporal import temporal_terms
+from . import dit_families
+from .attention_calls import FallbackNotice
+from .attention_override import AttentionCall, CallSite, NotUnderstood, patch_dit
+from .step_window import in_sigma_window
+
+NODE_NAME = "Temporal RefDrop"
+SINGLE_FRAME = (
+    "there is no other frame to guide toward it, so the model runs unchanged (reported once). Temporal RefDrop "
+    "needs a video of at least 5 frames (2 latent frames)."
+)
+
+
+@dataclass(frozen=True)
+class TemporalRefDropSettings:
+    """What the node asked for: c, the reference (latent) frame, excluded block labels, the step window."""
+
+    strength: float
+    reference_frame: int
+    excluded_blocks: frozenset[str] = frozenset()
+    sigma_window: tuple[float, float] | None = None
+    node_name: str = NODE_NAME
+
+
+@dataclass(frozen=True)
+class TemporalReferenceFrame:
+    """The temporal guidance policy: in every row (a clip), frames t != r are guided toward frame r (Eq. 5)."""
+
+    settings: TemporalRefDropSettings
+    single_frame: FallbackNotice = field(compare=False, default=None)
+
+    def __post_init__(self):
+        if self.single_frame is None:
+            object.__setattr__(self, "single_frame", FallbackNotice(self.settings.node_name, SINGLE_FRAME))
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.node_name
+
+    def terms(self, call: AttentionCall, site: CallSite):
+        options = call.transformer_options
+        window = self.settings.sigma_window
+        if window is not None and not in_sigma_window(options, *window):
+            return None
+        grid = options.get("grid_sizes")
+        if grid is None or len(grid) != 3:
+            raise NotUnderstood("the model did not report its token grid (transformer_options['grid_sizes'])")
+        frames, height, width = (int(size) for size in grid)
+        if frames * height * width != call.q_tokens:
+            raise NotUnderstood(
+                f"{call.q_tokens} tokens are not the {frames}x{height}x{width} frame grid (extra reference or "
+                "context tokens in the sequence)"
+            )
+        reference = self.settings.reference_frame
+        if reference >= frames:
+            raise ValueError(
+                f"{self.node_name}: reference_frame {reference} is past the end of this clip, which has {frames} "
+                f"latent frames (0..{frames - 1}; a video of N frames has 1 + (N - 1) // 4 latent frames). Set "
+                f"reference_frame to {frames - 1} or less."
+            )
+        if frames == 1:
+            self.single_frame.report("the clip has a single latent frame (an image)")
+            return None
+        return temporal_terms(call.rows, frames, height * width, reference, self.settings.strength)
+
+
+def block_labels(model) -> list[str]:
+    """The model's block names as ``exclude_blocks`` accepts them (Wan: 'block 0'..)."""
+    return dit_families.block_labels(model)
+
+
+def patch_temporal_refdrop(model, settings: TemporalRefDropSettings):
+    """A clone of ``model`` with Temporal RefDrop on every self-attention outside the excluded blocks."""
+    return patch_dit(model, TemporalReferenceFrame(settings), settings.excluded_blocks)
