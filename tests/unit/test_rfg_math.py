@@ -123,7 +123,7 @@ def test_layout_with_leading_reference_image_rows():
     """Rows put in front of each chunk (reference images) are neither references nor guided; refs count after them."""
     layout = chunk_layout(12, 2, (0,), leading_rows=2)
     assert layout.rows_per_chunk == 6 and layout.reference_rows == (2,) and layout.own_rows_per_chunk == 4
-    assert layout.guided_segments == ((3, 6),) and layout.guided_rows_per_chunk == 3
+    assert layout.guided_segments == ((3, 6),)
     assert chunk_layout(4, 2, (0,), leading_rows=2) is None  # nothing left after the leading rows
 
 
