@@ -2,7 +2,10 @@
 
 ComfyUI concatenates guidance chunks (positive / negative branches, see ``cond_or_uncond``) along the
 batch axis; each chunk is the whole latent batch. Within every chunk some rows are references (RefDrop's
-first N images, or the reference frame of a video) and the others are guided toward them.
+first N images, or the reference frame of a video) and the others are guided toward them. Reference images that
+are not part of the latent batch (Apply RefDrop (Reference Image)) travel as extra rows in front of each chunk's
+own rows; a layout can mark such leading rows as neither reference nor guided ("passive"), so that a patch that
+counts its references among the latent batch's own images does not see them.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ import torch
 class ChunkLayout:
     """Rows of one attention call: ``chunks`` chunks of ``rows_per_chunk`` rows each.
 
-    ``reference_rows`` are indices inside a chunk; every other row is guided. ``guided_segments`` lists
-    the guided rows as contiguous [start, stop) runs, so that they can be addressed as views (no copies).
+    ``reference_rows`` are indices inside a chunk; the first ``leading_rows`` rows of each chunk are passive
+    (left as they are); every other row is guided. ``guided_segments`` lists the guided rows as contiguous
+    [start, stop) runs, so that they can be addressed as views (no copies).
     """
 
     chunks: int
     rows_per_chunk: int
     reference_rows: tuple[int, ...]
+    leading_rows: int = 0
 
     @property
     def guided_segments(self) -> tuple[tuple[int, int], ...]:
-        segments, start = [], 0
+        segments, start = [], self.leading_rows
         for ref in sorted(self.reference_rows):
             if ref > start:
                 segments.append((start, ref))
@@ -37,17 +42,29 @@ class ChunkLayout:
 
     @property
     def guided_rows_per_chunk(self) -> int:
-        return self.rows_per_chunk - len(self.reference_rows)
+        return self.rows_per_chunk - self.leading_rows - len(self.reference_rows)
+
+    @property
+    def own_rows_per_chunk(self) -> int:
+        """Rows of each chunk after the passive leading rows (the latent batch's own images)."""
+        return self.rows_per_chunk - self.leading_rows
 
 
-def chunk_layout(batch_rows: int, chunk_count: int, reference_rows: tuple[int, ...]) -> ChunkLayout | None:
+def chunk_layout(
+    batch_rows: int, chunk_count: int, reference_rows: tuple[int, ...], leading_rows: int = 0
+) -> ChunkLayout | None:
     """The layout of ``batch_rows`` rows split into ``chunk_count`` equal chunks, or None if they do not split.
 
-    A reference row index past the end of a chunk is an error the caller reports (too few images).
+    ``reference_rows`` count among each chunk's own rows, after ``leading_rows`` passive rows (extra
+    reference-image rows that another patch put in front of every chunk). A reference row index past the end
+    of a chunk is an error the caller reports (too few images).
     """
     if chunk_count <= 0 or batch_rows % chunk_count != 0:
         return None
-    return ChunkLayout(chunk_count, batch_rows // chunk_count, tuple(reference_rows))
+    if batch_rows // chunk_count <= leading_rows:
+        return None
+    shifted = tuple(leading_rows + row for row in reference_rows)
+    return ChunkLayout(chunk_count, batch_rows // chunk_count, shifted, leading_rows)
 
 
 def chunk_rows(x: torch.Tensor, layout: ChunkLayout, start: int, stop: int) -> torch.Tensor:

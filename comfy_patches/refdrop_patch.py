@@ -8,6 +8,7 @@ from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import reference_feature_guidance_
 from .attention_calls import FallbackNotice, feature_map_tokens, plain_attention
 from .model_blocks import existing_replace
+from .reference_rows import REFERENCE_ROWS_KEY
 from .step_window import in_sigma_window
 
 
@@ -28,9 +29,9 @@ def check_reference_rows(layout: ChunkLayout, settings: RefDropSettings) -> None
     """Raise a ValueError that says how many images are needed when a chunk is too small for the references."""
     references = settings.reference_rows
     needed = max(max(references) + 1, len(references) + 1)
-    if layout.rows_per_chunk < needed:
+    if layout.own_rows_per_chunk < needed:
         raise ValueError(
-            f"{settings.node_name}: the latent batch has {layout.rows_per_chunk} image(s)/frame(s), but the "
+            f"{settings.node_name}: the latent batch has {layout.own_rows_per_chunk} image(s)/frame(s), but the "
             f"reference(s) at position {', '.join(str(r) for r in references)} plus at least one image to guide "
             f"need {needed}. Raise the latent's batch size (e.g. Empty Latent Image batch_size, or the video "
             f"frame count) to {needed} or more, or use fewer / earlier references."
@@ -62,14 +63,21 @@ class RefDropAttention:
         def attention(query, key, value):
             return plain_attention(query, key, value, extra_options)
 
-        return reference_feature_guidance_(q, k, v, out, layout, self.settings.coefficients, attention)
+        masks = self.reference_masks(extra_options, layout)
+        return reference_feature_guidance_(q, k, v, out, layout, self.settings.coefficients, attention, masks)
+
+    def reference_masks(self, extra_options, layout):
+        """Subject masks of the references on this layer's tokens (references, tokens), or None (whole images)."""
+        return None
 
     def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
         """The chunk layout of this call, or None when it must run as plain self-attention."""
         if not self.guidable_call(q, k, v, extra_options):
             return None
         chunks = self.chunk_count(q, extra_options)
-        layout = chunk_layout(q.shape[0], chunks, self.settings.reference_rows)
+        # Reference-image rows in front of each chunk (reference_rows.py) are invisible to in-batch guidance.
+        leading = int(extra_options.get(REFERENCE_ROWS_KEY) or 0)
+        layout = chunk_layout(q.shape[0], chunks, self.settings.reference_rows, leading)
         if layout is None:
             self.notice.report(f"{q.shape[0]} rows do not split into {chunks} chunks")
             return None
@@ -118,12 +126,18 @@ class RefDropAttention:
 def patch_self_attention(model, settings: RefDropSettings, blocks, attention_class=RefDropAttention):
     """A clone of ``model`` with ``attention_class`` on every attn1 of ``blocks`` (model_blocks.TransformerBlock).
 
-    A replace already registered for a layer (3-tuple or 2-tuple key) becomes that layer's inner attention.
+    A replace already registered for a layer (3-tuple or 2-tuple key) becomes that layer's inner attention. A
+    patch that must stay outermost (``stays_outermost``: reference-image guidance, which applies on top of
+    whatever self-attention computes) keeps its place and takes the new patch as its inner attention instead.
     """
     patched = model.clone()
     notice = FallbackNotice(settings.node_name)
     for block in blocks:
         for key in block.keys():
             inner = existing_replace(model, "attn1", key)
-            patched.set_model_attn1_replace(attention_class(settings, notice, inner), *key)
+            if getattr(inner, "stays_outermost", False):
+                patch = inner.with_inner(attention_class(settings, notice, inner.inner))
+            else:
+                patch = attention_class(settings, notice, inner)
+            patched.set_model_attn1_replace(patch, *key)
     return patched

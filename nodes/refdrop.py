@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from comfy_api.latest import io
 
-from ..comfy_patches import model_blocks, model_families
+from ..comfy_patches import model_blocks, model_families, reference_image_patch
 from ..comfy_patches.attention_override import InBatchReferences, patch_dit
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
+from ..comfy_patches.step_window import sigma_window
+
+logger = logging.getLogger(__name__)
 
 CATEGORY = "RefDrop"
 
@@ -53,6 +57,42 @@ def coefficients_for(strength: float, reference_count: int, reference_strengths:
             )
         return values
     return [strength] * reference_count
+
+
+def window_inputs() -> list:
+    """The optional step-window inputs (start_percent / end_percent) of the RefDrop image nodes."""
+    return [
+        io.Float.Input(
+            "start_percent",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Start guiding at this fraction of the sampling schedule (0 = from the first step, as in the paper).",
+        ),
+        io.Float.Input(
+            "end_percent",
+            default=1.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Stop guiding after this fraction of the sampling schedule (1 = to the last step, as in the paper).",
+        ),
+    ]
+
+
+def check_window(start_percent, end_percent) -> None:
+    if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
+        raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
+
+
+def window(model, start_percent: float, end_percent: float) -> tuple[float, float] | None:
+    """The (sigma_start, sigma_end) window, or None for the whole schedule (every step)."""
+    if start_percent <= 0.0 and end_percent >= 1.0:
+        return None
+    return sigma_window(model, start_percent, end_percent)
 
 
 class ApplyRefDrop(io.ComfyNode):
@@ -126,25 +166,45 @@ class ApplyRefDrop(io.ComfyNode):
                         "other diffusion transformers: see the README (an unknown name lists the valid ones)."
                     ),
                 ),
+                *window_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="The model with RefDrop applied (a clone; the input is unchanged).")],
         )
 
     @classmethod
-    def validate_inputs(cls, strength=0.3, reference_count=1, reference_strengths="", exclude_blocks="", **_):
+    def validate_inputs(
+        cls,
+        strength=0.3,
+        reference_count=1,
+        reference_strengths="",
+        exclude_blocks="",
+        start_percent=0.0,
+        end_percent=1.0,
+        **_,
+    ):
         try:
             if isinstance(reference_count, int) and isinstance(reference_strengths, str):
                 coefficients_for(float(strength), reference_count, reference_strengths)
             if isinstance(exclude_blocks, str):
                 parse_block_names(exclude_blocks)
+            check_window(start_percent, end_percent)
         except ValueError as error:
             return str(error)
         return True
 
     @classmethod
     def execute(
-        cls, model, strength, reference_count, skip_up1, reference_strengths="", exclude_blocks=""
+        cls,
+        model,
+        strength,
+        reference_count,
+        skip_up1,
+        reference_strengths="",
+        exclude_blocks="",
+        start_percent=0.0,
+        end_percent=1.0,
     ) -> io.NodeOutput:
+        check_window(start_percent, end_percent)
         coefficients = coefficients_for(strength, reference_count, reference_strengths or "")
         family = model_families.require_family(
             model, "Apply RefDrop", (model_families.IMAGE_UNET, model_families.IMAGE_DIT)
@@ -169,11 +229,197 @@ class ApplyRefDrop(io.ComfyNode):
             excluded.add(next(block.label for block in blocks if block.block_name == "output"))
         if all(c == 0.0 for c in coefficients):
             return io.NodeOutput(model.clone())
-        settings = RefDropSettings(tuple(range(reference_count)), tuple(coefficients))
+        settings = RefDropSettings(
+            tuple(range(reference_count)), tuple(coefficients), sigma_range=window(model, start_percent, end_percent)
+        )
         if dit:
             return io.NodeOutput(patch_dit(model, InBatchReferences(settings), excluded))
         blocks = model_blocks.transformer_blocks(model)
         return io.NodeOutput(patch_self_attention(model, settings, [b for b in blocks if b.label not in excluded]))
+
+
+def guided_blocks(model, skip_up1: bool, exclude_blocks: str) -> list:
+    """The transformer blocks to patch: all but `exclude_blocks` (and Up1 with `skip_up1`); unknown names refused."""
+    blocks = model_blocks.transformer_blocks(model)
+    excluded = set(parse_block_names(exclude_blocks or ""))
+    valid = [block.label for block in blocks]
+    unknown = sorted(excluded - set(valid))
+    if unknown:
+        raise ValueError(
+            f"exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a transformer block of this model. "
+            f"Valid names: {', '.join(valid)}."
+        )
+    if skip_up1:
+        excluded.add(next(block.label for block in blocks if block.block_name == "output"))
+    return [block for block in blocks if block.label not in excluded]
+
+
+def image_coefficients(strength: float, references: int, reference_strengths: str) -> list[float]:
+    """One c_j per reference image: `reference_strengths` when given (Eq. 6), else `strength` for each."""
+    if reference_strengths and reference_strengths.strip():
+        values = parse_strengths(reference_strengths)
+        if len(values) != references:
+            raise ValueError(
+                f"reference_strengths has {len(values)} value(s) but the `image` batch has {references} reference "
+                f"image(s): give one strength per image (e.g. '{', '.join(['0.3'] * references)}') or clear the "
+                "field to use `strength` for every reference."
+            )
+        return values
+    return [strength] * references
+
+
+class ApplyRefDropImage(io.ComfyNode):
+    """RefDrop toward reference pictures (our extension of the paper): Eq. 5/6 with clean reference images."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ApplyRefDropImage",
+            display_name="Apply RefDrop (Reference Image)",
+            category=CATEGORY,
+            description=(
+                "RefDrop toward your own pictures: every image of `image` is a reference. At each sampling step the "
+                "references are noised to the step's noise level and run as extra batch rows in front of each "
+                "guidance branch; every generated image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
+                "(1-c)*Attn(Q, K, V) (Eq. 5; Eq. 6 for several references). Keeps a character from one picture "
+                "consistent across a whole batch or story. Optional subject masks restrict the reference to the "
+                "subject. Works with SD1.x, SD2.x and SDXL; combines with Apply RefDrop."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Vae.Input(
+                    "vae", tooltip="The VAE of the same checkpoint: encodes the references once, when the node runs."
+                ),
+                io.Image.Input(
+                    "image",
+                    tooltip=(
+                        "The reference picture(s): every image of the batch is one reference, of any size (each is "
+                        "resized and centre-cropped to the latent size at sampling time)."
+                    ),
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=0.3,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip=(
+                        "c of Eq. 5. Paper values: 0.3-0.4 for people, about 0.2 for toys/cartoons, -0.3 to move "
+                        "away from the reference. 0 leaves the model untouched."
+                    ),
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip=(
+                        "The fixed noise that carries the references through the steps (as a KSampler seed noises "
+                        "a latent). Keep it fixed for the same guidance across runs."
+                    ),
+                ),
+                io.Boolean.Input(
+                    "skip_up1",
+                    default=False,
+                    tooltip=(
+                        "Leave the first up-sampling transformer block (SDXL 'output 0', SD1.x 'output 3') "
+                        "untouched: keeps the subject but lets layout and pose vary more (paper Table 2)."
+                    ),
+                ),
+                io.String.Input(
+                    "reference_strengths",
+                    default="",
+                    optional=True,
+                    tooltip=(
+                        "Optional: one strength per reference image, e.g. '0.3, 0.3' to blend two references (Eq. 6; "
+                        "paper: 0.2-0.4 each). Overrides `strength`; must list one value per image of `image`."
+                    ),
+                ),
+                io.String.Input(
+                    "exclude_blocks",
+                    default="",
+                    optional=True,
+                    tooltip=(
+                        "Optional: more blocks to leave untouched, in ComfyUI block names separated by commas, "
+                        "e.g. 'output 0, input 8'. SDXL: input 4,5,7,8 / middle 0 / output 0-5."
+                    ),
+                ),
+                *window_inputs(),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip=(
+                        "Optional subject mask (white = subject), e.g. LoadImage's MASK output after drawing on the "
+                        "reference in the mask editor: only the subject's tokens guide. One mask for all references "
+                        "or one per reference. All white = no mask; all black = no guidance."
+                    ),
+                ),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with reference-image RefDrop (a clone; the input is unchanged).")
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, reference_strengths="", exclude_blocks="", start_percent=0.0, end_percent=1.0, **_):
+        try:
+            if isinstance(reference_strengths, str):
+                parse_strengths(reference_strengths)
+            if isinstance(exclude_blocks, str):
+                parse_block_names(exclude_blocks)
+            check_window(start_percent, end_percent)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        vae,
+        image,
+        strength,
+        seed,
+        skip_up1,
+        reference_strengths="",
+        exclude_blocks="",
+        start_percent=0.0,
+        end_percent=1.0,
+        mask=None,
+    ) -> io.NodeOutput:
+        name = reference_image_patch.NODE_NAME
+        check_window(start_percent, end_percent)
+        model_families.require_family(model, name, (model_families.IMAGE_UNET,))
+        reference_image_patch.check_vae(model, vae)
+        coefficients = image_coefficients(strength, image.shape[0], reference_strengths or "")
+        blocks = guided_blocks(model, skip_up1, exclude_blocks)
+        masks = None
+        if mask is not None:
+            masks = reference_image_patch.subject_masks(mask, image.shape[0], tuple(image.shape[1:3]), vae)
+        keep = []  # references that can change anything: c != 0 and some subject pixel
+        for index, coefficient in enumerate(coefficients):
+            if masks is not None and float(masks[index].max()) < 0.5:
+                logger.warning("%s: the mask of reference %d is all black, so it does not guide.", name, index + 1)
+            elif coefficient != 0.0:
+                keep.append(index)
+        if not keep:
+            return io.NodeOutput(model.clone())
+        latents = reference_image_patch.encode_references(model, vae, image[keep])
+        if masks is not None:
+            masks = masks[keep]
+            if bool((masks >= 0.5).all()):
+                masks = None  # all white: the whole pictures
+        patched = reference_image_patch.apply_reference_images(
+            model,
+            latents,
+            tuple(coefficients[i] for i in keep),
+            seed,
+            masks,
+            blocks,
+            window(model, start_percent, end_percent),
+        )
+        return io.NodeOutput(patched)
 
 
 def _lcm_tokens(lengths: list[int]) -> int:
@@ -247,4 +493,4 @@ class RefDropPromptBatch(io.ComfyNode):
         return io.NodeOutput(batch_conditioning(encoded))
 
 
-NODES = [ApplyRefDrop, RefDropPromptBatch]
+NODES = [ApplyRefDrop, ApplyRefDropImage, RefDropPromptBatch]

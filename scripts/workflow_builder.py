@@ -18,6 +18,7 @@ OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
     "ImageOnlyCheckpointLoader": [("MODEL", "MODEL"), ("CLIP_VISION", "CLIP_VISION"), ("VAE", "VAE")],
     "ApplyRefDrop": [("MODEL", "MODEL")],
+    "ApplyRefDropImage": [("MODEL", "MODEL")],
     "SVDTemporalRefDrop": [("MODEL", "MODEL")],
     "RefDropPromptBatch": [("CONDITIONING", "CONDITIONING")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],

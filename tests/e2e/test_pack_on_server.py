@@ -7,7 +7,7 @@ from refguide.nodes import refdrop
 
 pytestmark = pytest.mark.e2e
 
-PACK_NODES = {"ApplyRefDrop", "RefDropPromptBatch", "SVDTemporalRefDrop"}
+PACK_NODES = {"ApplyRefDrop", "ApplyRefDropImage", "RefDropPromptBatch", "SVDTemporalRefDrop"}
 
 
 def test_pack_imports_cleanly(comfy_server, object_info):
@@ -35,12 +35,19 @@ def test_refdrop_schema_is_stable(object_info):
     info = object_info["ApplyRefDrop"]
     assert info["category"] == "RefDrop" and info["display_name"] == "Apply RefDrop"
     assert info["input_order"]["required"] == ["model", "strength", "reference_count", "skip_up1"]
-    assert info["input_order"]["optional"] == ["reference_strengths", "exclude_blocks"]
+    assert info["input_order"]["optional"] == ["reference_strengths", "exclude_blocks", "start_percent", "end_percent"]
     strength = info["input"]["required"]["strength"][1]
     assert (
         strength["default"] == 0.3 and strength["min"] <= -1.0 and strength["max"] >= 1.0 and strength["step"] == 0.01
     )
     assert object_info["RefDropPromptBatch"]["input_order"]["required"] == ["clip", "prompts"]
+    image = object_info["ApplyRefDropImage"]
+    assert image["category"] == "RefDrop" and image["display_name"] == "Apply RefDrop (Reference Image)"
+    assert image["input_order"]["required"] == ["model", "vae", "image", "strength", "seed", "skip_up1"]
+    assert image["input_order"]["optional"] == [
+        "reference_strengths", "exclude_blocks", "start_percent", "end_percent", "mask"
+    ]  # fmt: skip
+    assert image["input"]["required"]["strength"][1]["default"] == 0.3
 
 
 def test_workflows_are_served_as_templates(comfy_server):
@@ -69,8 +76,27 @@ def test_wrong_strength_count_is_refused_before_sampling(comfy_server):
     assert refdrop.ApplyRefDrop.validate_inputs(reference_count=2, reference_strengths="0.3") != True  # noqa: E712
 
 
+def test_reference_image_strings_that_do_not_parse_are_refused_before_sampling(comfy_server):
+    prompt = {
+        "1": {"class_type": "RefGuideTestCheckpointLoader", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "2": {"class_type": "ApplyRefDropImage", "inputs": {"model": ["1", 0], "vae": ["1", 2], "image": ["8", 0],
+              "strength": 0.3, "seed": 0, "skip_up1": False, "reference_strengths": "0.3, lots"}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+              "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0, "positive": ["4", 0],
+              "negative": ["4", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "bad"}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    }  # fmt: skip
+    status, body = comfy_server.submit(prompt)
+    assert status == 400
+    assert "'lots' is not a number" in str(body)
+
+
 def test_every_shipped_workflow_is_run_by_an_e2e_test():
     e2e_sources = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*workflows.py"))
     shipped = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-    assert len(shipped) == 9
+    assert len(shipped) == 11
     assert [name for name in shipped if f"{name}.json" not in e2e_sources] == []

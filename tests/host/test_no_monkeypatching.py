@@ -42,9 +42,11 @@ run(sdxl)  # warm-up: whatever ComfyUI itself caches on a first run
 before = snapshot()
 from refguide_testing.host import setup_host
 setup_host()  # imports the pack as ComfyUI's loader would (registers its model folders)
-from refguide.nodes.refdrop import ApplyRefDrop
+from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
 from refguide.nodes.svd import SVDTemporalRefDrop
 run(ApplyRefDrop.execute(sdxl, 0.3, 1, True, "", "").args[0])
+run(ApplyRefDropImage.execute(sdxl, tiny_models.tiny_vae(), torch.rand(1, 64, 96, 3), 0.3, 5, False, "", "", 0.0,
+                              1.0, torch.ones(1, 64, 96)).args[0])
 SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0)
 after = snapshot()
 changed = sorted(k for k in before if k in after and before[k] != after[k])

@@ -1,0 +1,179 @@
+"""Reference images as extra batch rows: the model-agnostic half of "Apply RefDrop (Reference Image)".
+
+An APPLY_MODEL wrapper (ComfyUI ``WrappersMP.APPLY_MODEL``: x before ``calculate_input``, sigma ``t``,
+``c_crossattn``, ``control``, extra conds such as SDXL's ``y`` in kwargs) puts the noised reference latents as
+extra rows in front of every guidance chunk's rows, extends every other per-row input for them, runs the
+model, and strips the extra rows from its output. Nothing is stored between calls except the reference
+latent resized to a call's latent size (and its noise), computed once per size.
+
+The seam for attention patches (UNet attn1 replaces, diffusion-transformer attention overrides): during such
+a call ``transformer_options[REFERENCE_ROWS_KEY]`` is the number of extra rows in front of each chunk. A patch
+that guides toward images of the latent batch counts its references after these rows and leaves them alone;
+the reference-image patch uses them as the chunk's references. ``REFERENCE_MASKS_KEY`` carries the subject
+masks of this call's references (cropped like the references, at image resolution) or None.
+"""
+
+from __future__ import annotations
+
+import comfy.sample
+import comfy.utils
+import torch
+
+from .attention_calls import FallbackNotice
+from .step_window import in_sigma_window
+
+REFERENCE_ROWS_KEY = "refguide_reference_rows"  # int: extra reference rows in front of every guidance chunk
+REFERENCE_MASKS_KEY = "refguide_reference_masks"  # (references, H, W) float masks of this call, or None
+
+
+def center_crop_box(old_height: int, old_width: int, height: int, width: int) -> tuple[int, int]:
+    """(y, x) offsets of the centre crop that comfy.utils.common_upscale(..., "center") takes (same rule)."""
+    old_aspect, new_aspect = old_width / old_height, width / height
+    x = y = 0
+    if old_aspect > new_aspect:
+        x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
+    return y, x
+
+
+def extend_rows(tensor: torch.Tensor, chunks: int, extra: torch.Tensor | int) -> torch.Tensor:
+    """Put ``extra`` rows in front of each of the ``chunks`` chunks of ``tensor`` (rows along dim 0).
+
+    ``extra`` is a tensor (chunks, E, ...) of the rows to insert, or an int E: E copies of each chunk's first
+    row (the conditioning of the chunk's first image).
+    """
+    per_chunk = tensor.shape[0] // chunks
+    parts = []
+    for chunk in range(chunks):
+        own = tensor[chunk * per_chunk : (chunk + 1) * per_chunk]
+        if isinstance(extra, int):
+            parts.append(own[:1].expand(extra, *own.shape[1:]))
+        else:
+            parts.append(extra[chunk].to(own.device, own.dtype))
+        parts.append(own)
+    return torch.cat(parts)
+
+
+def strip_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
+    """The inverse of :func:`extend_rows`: drop the first ``extra`` rows of each chunk."""
+    return tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))[:, extra:].flatten(0, 1)
+
+
+def _extend_cond(value, rows: int, chunks: int, extra: int):
+    """A per-row conditioning input (tensor with ``rows`` rows, or a list of them) extended; others unchanged."""
+    if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == rows:
+        return extend_rows(value, chunks, extra)
+    if isinstance(value, list):
+        return [_extend_cond(item, rows, chunks, extra) for item in value]
+    return value
+
+
+def _extend_control(value, rows: int, chunks: int, extra: int):
+    """ControlNet residuals (dict of lists of tensors) with zero residuals for the extra rows."""
+    if isinstance(value, dict):
+        return {key: _extend_control(item, rows, chunks, extra) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_extend_control(item, rows, chunks, extra) for item in value)
+    if torch.is_tensor(value) and value.ndim > 0:
+        if value.shape[0] == 1 and rows > 1:
+            value = value.expand(rows, *value.shape[1:])
+        if value.shape[0] != rows:
+            raise ValueError(
+                f"Apply RefDrop (Reference Image): a ControlNet residual has {value.shape[0]} rows where the model "
+                f"call has {rows}; this ControlNet cannot be combined with reference images."
+            )
+        zeros = torch.zeros((chunks, extra, *value.shape[1:]), device=value.device, dtype=value.dtype)
+        return extend_rows(value, chunks, zeros)
+    return value
+
+
+def _initialized_cuda_devices() -> list[int]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+class ReferenceRows:
+    """APPLY_MODEL wrapper: the reference images as extra rows in front of every guidance chunk.
+
+    ``latents`` are the references' VAE latents (E, C, H, W) as VAE Encode made them; ``masks`` (E, H', W')
+    subject masks already cropped like the pixels VAE Encode used (white = subject), or None.
+    At a call with latent size (h, w) and sigma s:
+        z = common_upscale(latent, w, h, "bilinear", "center")       (once per size)
+        eps = comfy.sample.prepare_noise(z, seed)                     (once per size)
+        x_ref = model_sampling.noise_scaling(s, eps, process_latent_in(z))   (max_denoise False)
+    """
+
+    def __init__(self, latents: torch.Tensor, seed: int, masks: torch.Tensor | None, sigma_range=None):
+        self.latents = latents
+        self.seed = int(seed)
+        self.masks = masks
+        self.sigma_range = sigma_range
+        self.notice = FallbackNotice(
+            "Apply RefDrop (Reference Image)", "such model calls run without the reference images (reported once)."
+        )
+        self._by_size: dict = {}  # (h, w, device, dtype) -> (process_latent_in(z), eps, masks cropped for the size)
+
+    @property
+    def count(self) -> int:
+        return self.latents.shape[0]
+
+    def references_for(self, base_model, height: int, width: int, device, dtype):
+        """(process_latent_in(z), eps, masks) for a latent size, computed once per size."""
+        key = (height, width, str(device), dtype)
+        if key not in self._by_size:
+            latent = self.latents
+            z = latent
+            if tuple(latent.shape[-2:]) != (height, width):
+                z = comfy.utils.common_upscale(latent, width, height, "bilinear", "center")
+            # prepare_noise seeds the global generator: keep the sampler's random state as it was
+            with torch.random.fork_rng(devices=_initialized_cuda_devices()):
+                eps = comfy.sample.prepare_noise(z, self.seed)
+            clean = base_model.process_latent_in(z)
+            masks = None
+            if self.masks is not None:
+                y, x = center_crop_box(latent.shape[-2], latent.shape[-1], height, width)
+                scale_y = self.masks.shape[-2] / latent.shape[-2]
+                scale_x = self.masks.shape[-1] / latent.shape[-1]
+                top, left = round(y * scale_y), round(x * scale_x)
+                masks = self.masks[:, top : self.masks.shape[-2] - top, left : self.masks.shape[-1] - left]
+                masks = masks.to(device)
+            self._by_size[key] = (clean.to(device, dtype), eps.to(device, dtype), masks)
+        return self._by_size[key]
+
+    def active_at(self, transformer_options: dict) -> bool:
+        return self.sigma_range is None or in_sigma_window(transformer_options, *self.sigma_range)
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
+        if not self.active_at(transformer_options):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+        chunks = len(transformer_options.get("cond_or_uncond") or [0])
+        rows = x.shape[0]
+        if rows % chunks != 0:
+            self.notice.report(f"a model input of shape {tuple(x.shape)} does not split into {chunks} image chunks")
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+        extra = self.count
+        per_chunk = rows // chunks
+        clean, eps, masks = self.references_for(executor.class_obj, x.shape[-2], x.shape[-1], x.device, x.dtype)
+        sampling = executor.class_obj.model_sampling
+        x_ref, t_ref = [], []
+        for chunk in range(chunks):
+            sigma = t[chunk * per_chunk].expand(extra)
+            x_ref.append(sampling.noise_scaling(sigma.reshape(extra), eps, clean, max_denoise=False))
+            t_ref.append(sigma)
+        x = extend_rows(x, chunks, torch.stack(x_ref))
+        t = extend_rows(t, chunks, torch.stack(t_ref))
+        c_concat = _extend_cond(c_concat, rows, chunks, extra)
+        c_crossattn = _extend_cond(c_crossattn, rows, chunks, extra)
+        kw = {name: _extend_cond(value, rows, chunks, extra) for name, value in kw.items()}
+        if control is not None:
+            control = _extend_control(control, rows, chunks, extra)
+        options = dict(transformer_options)
+        options[REFERENCE_ROWS_KEY] = extra
+        options[REFERENCE_MASKS_KEY] = masks
+        out = executor(x, t, c_concat, c_crossattn, control, options, **kw)
+        return strip_rows(out, chunks, extra)
+
+    def __deepcopy__(self, memo):
+        return self

@@ -1,0 +1,376 @@
+"""Apply RefDrop (Reference Image) on real ComfyUI UNets (tiny, random weights) and ComfyUI's real sampler."""
+
+from __future__ import annotations
+
+import comfy.patcher_extension
+import comfy.sample
+import comfy.utils
+import pytest
+import torch
+from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention
+from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings
+from refguide.comfy_patches.reference_image_patch import ReferenceImageAttention
+from refguide.comfy_patches.reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY
+from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
+from refguide_testing import reference, tiny_models
+
+CONTEXT = 2048
+SEED = 123
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return tiny_models.tiny_unet("sdxl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_models.tiny_vae()
+
+
+def picture(count=1, height=96, width=160, seed=0):
+    """Reference pictures (IMAGE, B x H x W x 3 in 0..1), not the latent's size nor its aspect ratio."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    base = torch.stack([xx, yy, 0.5 * (xx + yy)], -1)
+    return (base + 0.2 * torch.rand(count, height, width, 3, generator=g)).clamp(0, 1)
+
+
+def apply_image(model, vae, image, strength=0.4, seed=SEED, skip_up1=False, reference_strengths="",
+                exclude_blocks="", start_percent=0.0, end_percent=1.0, mask=None):  # fmt: skip
+    return ApplyRefDropImage.execute(model, vae, image, strength, seed, skip_up1, reference_strengths,
+                                     exclude_blocks, start_percent, end_percent, mask).args[0]  # fmt: skip
+
+
+def apply_inbatch(model, strength=0.3, reference_count=1, reference_strengths=""):
+    return ApplyRefDrop.execute(model, strength, reference_count, False, reference_strengths, "").args[0]
+
+
+def model_call(patcher, x, sigma, context, y, cond_or_uncond, control=None):
+    """One model call as ComfyUI's sampler makes it (_calc_cond_batch -> apply_model), wrappers included."""
+    options = dict(patcher.model_options.get("transformer_options", {}))
+    options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
+    options["cond_or_uncond"] = list(cond_or_uncond)
+    per_chunk = x.shape[0] // len(cond_or_uncond)
+    options["sigmas"] = torch.full((per_chunk,), sigma)
+    t = torch.full((x.shape[0],), sigma)
+    with torch.no_grad():
+        return patcher.model.apply_model(x, t, c_crossattn=context, control=control, y=y, transformer_options=options)
+
+
+def inputs(rows, seed=0, size=(16, 24)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, *size, generator=g) * 3
+    context = torch.randn(rows, 8, CONTEXT, generator=g)
+    y = torch.randn(rows, tiny_models.TINY_SDXL_UNET["adm_in_channels"], generator=g)
+    return x, context, y
+
+
+def noised_references(model, vae, image, size, sigma, seed=SEED):
+    """x_ref written out from the issue: VAE Encode, common_upscale, prepare_noise, noise_scaling."""
+    latent = vae.encode(image)
+    z = comfy.utils.common_upscale(latent, size[1], size[0], "bilinear", "center")
+    eps = comfy.sample.prepare_noise(z, seed)
+    sampling = model.model.model_sampling
+    return sampling.noise_scaling(torch.full((z.shape[0],), sigma), eps, model.model.process_latent_in(z))
+
+
+def in_front(tensor, chunks, extra_rows):
+    """``extra_rows`` (E, ...) or an int (E copies of each chunk's first row) in front of every chunk."""
+    per = tensor.shape[0] // chunks
+    parts = []
+    for chunk in range(chunks):
+        own = tensor[chunk * per : (chunk + 1) * per]
+        parts += [own[:1].repeat(extra_rows, *[1] * (own.ndim - 1)) if isinstance(extra_rows, int) else extra_rows, own]
+    return torch.cat(parts)
+
+
+def own_rows(tensor, chunks, extra):
+    per = tensor.shape[0] // chunks
+    return torch.cat([tensor[c * per + extra : (c + 1) * per] for c in range(chunks)])
+
+
+# ---- one model call: the issue's definition, computed independently -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "order,references",
+    [([1, 0], 1), ([0, 1], 1), ([0], 1), ([1, 0, 0], 1), ([1, 0], 2)],  # Eq. 5; Eq. 6
+)
+def test_model_call_equals_in_batch_refdrop_with_noised_references_in_front(sdxl, vae, order, references):
+    per_chunk, sigma, size = 2, 4.0, (16, 24)
+    image = picture(references)
+    strengths = ", ".join(["0.35", "0.2"][:references])
+    x, context, y = inputs(per_chunk * len(order), seed=len(order) + references, size=size)
+    patched = apply_image(sdxl, vae, image, reference_strengths=strengths)
+    out = model_call(patched, x, sigma, context, y, order)
+    assert out.shape == x.shape  # the reference rows never reach the sampler
+
+    x_ref = noised_references(sdxl, vae, image, size, sigma)
+    chunks = len(order)
+    in_batch = apply_inbatch(sdxl, reference_count=references, reference_strengths=strengths)
+    expected = model_call(in_batch, in_front(x, chunks, x_ref), sigma, in_front(context, chunks, references),
+                          in_front(y, chunks, references), order)  # fmt: skip
+    torch.testing.assert_close(out, own_rows(expected, chunks, references), rtol=1e-5, atol=1e-5)
+
+    # split calls (low memory: one chunk per call) give the same rows
+    for chunk, kind in enumerate(order):
+        rows = slice(chunk * per_chunk, (chunk + 1) * per_chunk)
+        alone = model_call(patched, x[rows], sigma, context[rows], y[rows], [kind])
+        torch.testing.assert_close(alone, out[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_every_per_row_input_is_extended_for_the_reference_rows(sdxl, vae):
+    """What the diffusion model sees: x_ref in front, the chunk's first text context / SDXL y / timestep."""
+    seen = {}
+
+    def record(executor, x, timesteps, context, y, control=None, transformer_options={}, **kwargs):
+        seen.update(
+            x=x,
+            t=timesteps,
+            context=context,
+            y=y,
+            control={name: list(values) for name, values in control.items()},  # the UNet pops these lists
+            rows=transformer_options.get(REFERENCE_ROWS_KEY),
+        )
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)  # fmt: skip
+
+    patched = apply_image(sdxl, vae, picture(2), reference_strengths="0.3, 0.3")
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test", record)
+    x, context, y = inputs(6)
+    control = {"output": [torch.randn(6, 192, 4, 6)], "middle": [None], "input": [torch.randn(1, 64, 16, 24)]}
+    out = model_call(patched, x, 3.0, context, y, [1, 0], control=control)
+    assert out.shape == x.shape and seen["rows"] == 2
+    assert seen["x"].shape[0] == 10 and seen["t"].shape == (10,) and torch.all(seen["t"] == seen["t"][0])
+    for chunk in range(2):
+        front, first = chunk * 5, chunk * 3
+        for e in range(2):
+            assert torch.equal(seen["context"][front + e], context[first])
+            assert torch.equal(seen["y"][front + e], y[first])  # SDXL's pooled + size vector of the chunk's first row
+        assert torch.equal(seen["y"][front + 2 : front + 5], y[first : first + 3])
+        assert torch.equal(seen["control"]["output"][0][front : front + 2], torch.zeros(2, 192, 4, 6))
+        assert torch.equal(seen["control"]["output"][0][front + 2 : front + 5], control["output"][0][first : first + 3])
+        assert torch.equal(seen["control"]["input"][0][front : front + 2], torch.zeros(2, 64, 16, 24))
+        assert torch.equal(
+            seen["control"]["input"][0][front + 2 : front + 5], control["input"][0].expand(3, -1, -1, -1)
+        )
+    assert seen["control"]["middle"] == [None]
+
+
+def test_zero_strength_and_calls_outside_the_window_are_bit_identical(sdxl, vae):
+    x, context, y = inputs(4)
+    plain = model_call(sdxl, x, 2.0, context, y, [1, 0])
+    assert torch.equal(model_call(apply_image(sdxl, vae, picture(), strength=0.0), x, 2.0, context, y, [1, 0]), plain)
+    zeros = apply_image(sdxl, vae, picture(2), reference_strengths="0, 0")
+    assert torch.equal(model_call(zeros, x, 2.0, context, y, [1, 0]), plain)
+    late = apply_image(sdxl, vae, picture(), start_percent=0.6, end_percent=1.0)  # sigma 2.0 is early: outside
+    sigma_start = late.get_model_object("model_sampling").percent_to_sigma(0.6)
+    assert sigma_start < 2.0
+    assert torch.equal(model_call(late, x, 2.0, context, y, [1, 0]), plain)
+    assert not torch.allclose(model_call(late, x, sigma_start * 0.5, context, y, [1, 0]),
+                              model_call(sdxl, x, sigma_start * 0.5, context, y, [1, 0]), atol=1e-4)  # fmt: skip
+
+
+def test_reference_latent_is_resized_once_per_size(sdxl, vae):
+    patched = apply_image(sdxl, vae, picture())
+    (rows,) = patched.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "refguide_refdrop_reference_images")
+    first = None
+    for size in [(16, 24), (16, 24), (8, 8), (16, 24), (8, 8)]:
+        x, context, y = inputs(2, size=size)
+        model_call(patched, x, 2.0, context, y, [0])
+        if first is None:
+            first = rows.references_for(patched.model, 16, 24, x.device, x.dtype)
+    assert sorted(key[:2] for key in rows._by_size) == [(8, 8), (16, 24)]  # one entry per size, not per step
+    clean, eps, _ = rows.references_for(patched.model, 16, 24, torch.device("cpu"), torch.float32)
+    assert clean is first[0] and eps is first[1]  # reused, not recomputed
+    z = comfy.utils.common_upscale(vae.encode(picture()), 24, 16, "bilinear", "center")
+    assert torch.equal(eps, comfy.sample.prepare_noise(z, SEED))
+    assert torch.equal(clean, patched.model.process_latent_in(z))
+
+
+# ---- attention level: image guidance on top of in-batch guidance --------------------------------------
+
+
+def test_image_guidance_applies_on_top_of_in_batch_guidance_at_one_layer():
+    g = torch.Generator().manual_seed(5)
+    chunks, extra, own = 2, 1, 3
+    q, k, v = (torch.randn(chunks * (extra + own), 16, 128, generator=g) for _ in range(3))
+    options = {"n_heads": 2, "dim_head": 64, "attn_precision": None, "cond_or_uncond": [1, 0],
+               "activations_shape": [q.shape[0], 128, 4, 4], REFERENCE_ROWS_KEY: extra}  # fmt: skip
+    in_batch = RefDropAttention(RefDropSettings((0,), (0.3,)), FallbackNotice("t"))
+    both = ReferenceImageAttention(RefDropSettings((0,), (0.25,)), FallbackNotice("t"), inner=in_batch)
+    out = both(q, k, v, options).double()
+    qd, kd, vd = q.double(), k.double(), v.double()
+
+    def attn(i, j):
+        return reference.direct_attention(qd[i : i + 1], kd[j : j + 1], vd[j : j + 1], heads=2)
+
+    for chunk in range(chunks):
+        front = chunk * (extra + own)
+        torch.testing.assert_close(out[front : front + 1], attn(front, front).float().double(), rtol=1e-5, atol=1e-6)
+        latent_ref = front + 1  # the latent batch's own reference image: in-batch guidance leaves it alone
+        for i in range(front + 1, front + 1 + own):
+            in_batch_part = attn(i, i) if i == latent_ref else 0.7 * attn(i, i) + 0.3 * attn(i, latent_ref)
+            expected = 0.75 * in_batch_part + 0.25 * attn(i, front)
+            torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_order_of_the_two_nodes_does_not_matter(sdxl, vae):
+    image = picture()
+    first = apply_image(apply_inbatch(sdxl), vae, image)
+    second = apply_inbatch(apply_image(sdxl, vae, image))
+    patch = second.model_options["transformer_options"]["patches_replace"]["attn1"][("middle", 0, 0)]
+    assert isinstance(patch, ReferenceImageAttention) and isinstance(patch.inner, RefDropAttention)
+    x, context, y = inputs(6)
+    a = model_call(first, x, 3.0, context, y, [1, 0])
+    b = model_call(second, x, 3.0, context, y, [1, 0])
+    assert torch.equal(a, b)
+    only_image = model_call(apply_image(sdxl, vae, image), x, 3.0, context, y, [1, 0])
+    assert not torch.allclose(a, only_image, atol=1e-4)
+
+
+# ---- subject masks ---------------------------------------------------------------------------------------
+
+
+def test_masks_at_the_model_call_follow_the_reference_crop(sdxl, vae):
+    """A mask in the picture's right half survives the centre crop to a square latent as the right half of the crop."""
+    seen = {}
+
+    def record(q, k, v, extra_options):
+        if REFERENCE_MASKS_KEY in extra_options:
+            seen["masks"] = extra_options[REFERENCE_MASKS_KEY]
+        return plain_attention(q, k, v, extra_options)
+
+    image = picture(height=64, width=128)  # 2:1 picture, latent 8 x 16
+    mask = torch.zeros(1, 64, 128)
+    mask[:, :, 80:] = 1.0  # subject at the right, inside the centre square (pixels 32..96) from 80 on
+    patched = apply_image(sdxl, vae, image, mask=mask)
+    inner = patched.clone()
+    for key, patch in list(inner.model_options["transformer_options"]["patches_replace"]["attn1"].items()):
+        inner.set_model_attn1_replace(ReferenceImageAttention(patch.settings, patch.notice, record), *key)
+    x, context, y = inputs(2, size=(8, 8))
+    model_call(inner, x, 2.0, context, y, [0])
+    masks = seen["masks"]
+    assert masks.shape == (1, 64, 64)  # the centre 64 x 64 pixels of the 64 x 128 picture
+    assert torch.equal(masks[0], mask[0, :, 32:96])
+
+
+def test_all_white_mask_equals_no_mask_and_all_black_equals_strength_zero(sdxl, vae):
+    image = picture(2)
+    x, context, y = inputs(4)
+    none = model_call(apply_image(sdxl, vae, image), x, 3.0, context, y, [1, 0])
+    white = model_call(apply_image(sdxl, vae, image, mask=torch.ones(1, 96, 160)), x, 3.0, context, y, [1, 0])
+    assert torch.equal(white, none)
+    black = model_call(apply_image(sdxl, vae, image, mask=torch.zeros(2, 96, 160)), x, 3.0, context, y, [1, 0])
+    assert torch.equal(black, model_call(sdxl, x, 3.0, context, y, [1, 0]))
+    # one black mask out of two: the same as that reference at strength 0
+    mixed = torch.stack([torch.ones(96, 160), torch.zeros(96, 160)])
+    one = model_call(apply_image(sdxl, vae, image, mask=mixed), x, 3.0, context, y, [1, 0])
+    first_only = model_call(apply_image(sdxl, vae, image[:1]), x, 3.0, context, y, [1, 0])
+    assert torch.equal(one, first_only)
+
+
+def test_one_mask_for_all_references_equals_the_same_mask_per_reference(sdxl, vae):
+    image = picture(2)
+    mask = torch.zeros(96, 160)
+    mask[20:80, 40:120] = 1.0
+    x, context, y = inputs(4)
+    shared = model_call(apply_image(sdxl, vae, image, mask=mask), x, 3.0, context, y, [1, 0])
+    each = model_call(apply_image(sdxl, vae, image, mask=mask.expand(2, -1, -1)), x, 3.0, context, y, [1, 0])
+    unmasked = model_call(apply_image(sdxl, vae, image), x, 3.0, context, y, [1, 0])
+    assert torch.equal(shared, each) and not torch.allclose(shared, unmasked, atol=1e-5)
+    # a mask at another size than the pictures (LoadImage's 64 x 64 default) is stretched to them
+    small = torch.zeros(1, 48, 80)
+    small[:, 10:40, 20:60] = 1.0
+    stretched = model_call(apply_image(sdxl, vae, image, mask=small), x, 3.0, context, y, [1, 0])
+    torch.testing.assert_close(stretched, shared, rtol=1e-5, atol=1e-5)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_get_clear_errors(sdxl, vae):
+    with pytest.raises(ValueError, match="3 masks for 2 reference"):
+        apply_image(sdxl, vae, picture(2), mask=torch.ones(3, 96, 160))
+    with pytest.raises(ValueError, match="reference_strengths has 1 value.*2 reference image"):
+        apply_image(sdxl, vae, picture(2), reference_strengths="0.3")
+    message = ApplyRefDropImage.validate_inputs(reference_strengths="0.3, abc")
+    assert isinstance(message, str) and "'abc' is not a number" in message
+    assert "swap them" in ApplyRefDropImage.validate_inputs(start_percent=0.8, end_percent=0.2)
+    assert ApplyRefDropImage.validate_inputs(reference_strengths="0.3, 0.2", exclude_blocks="output 0") is True
+    with pytest.raises(ValueError, match="'output 9'.*Valid names"):
+        apply_image(sdxl, vae, picture(), exclude_blocks="output 9")
+    with pytest.raises(ValueError, match="SVD Temporal RefDrop"):
+        apply_image(tiny_models.tiny_unet("svd"), vae, picture())
+    with pytest.raises(ValueError, match="already has reference images"):
+        apply_image(apply_image(sdxl, vae, picture()), vae, picture())
+
+
+def test_a_vae_of_another_latent_width_is_refused(sdxl):
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    config = {"params": {"ddconfig": dict(tiny_models.TINY_VAE_DDCONFIG, z_channels=16), "embed_dim": 16}}
+    wide = AutoencoderKL(**config["params"])
+    tiny_models.init_module_(wide, 0)
+    vae16 = comfy.sd.VAE(sd=wide.state_dict(), config=config)
+    with pytest.raises(ValueError, match=r"\(1, 16, 12, 20\).*4-channel.*same checkpoint"):
+        apply_image(sdxl, vae16, picture())
+
+
+# ---- ComfyUI's real sampler -----------------------------------------------------------------------------
+
+
+def conditioning(batch_rows, seed, **extras):
+    g = torch.Generator().manual_seed(seed)
+    extras["pooled_output"] = torch.randn(batch_rows, tiny_models.TINY_POOLED_DIM, generator=g)
+    return [torch.randn(batch_rows, 8, CONTEXT, generator=g), extras]
+
+
+def sample(model, sampler="euler", cfg=5.0, positive=None, batch=2, steps=2, size=(16, 16)):
+    latent = torch.zeros(batch, 4, *size)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(11))
+    positive = positive or [conditioning(batch, 1)]
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, [conditioning(1, 2)], latent,
+                               seed=11, disable_pbar=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sampler,cfg,positive",
+    [
+        ("euler", 5.0, None),
+        ("heun", 1.0, None),  # two model calls per step; cfg 1: one chunk
+        ("euler", 5.0, [conditioning(2, 1), conditioning(2, 4, area=(8, 8, 0, 0))]),  # area cond: smaller latent
+    ],
+)
+def test_real_sampler_runs_and_guides(sdxl, vae, sampler, cfg, positive):
+    plain = sample(sdxl, sampler, cfg, positive)
+    guided = sample(apply_image(sdxl, vae, picture()), sampler, cfg, positive)
+    assert guided.shape == plain.shape and torch.isfinite(guided).all()
+    assert (guided - plain).abs().mean() > 1e-3
+
+
+def test_window_outside_every_step_is_bit_identical_in_sampling(sdxl, vae):
+    plain = sample(sdxl, steps=3)  # model calls at sigma 14.6, 1.6, 0.03; the window 0.1 .. 0.3 is sigma 8.3 .. 3.3
+    window = apply_image(sdxl, vae, picture(), start_percent=0.1, end_percent=0.3)
+    assert torch.equal(sample(window, steps=3), plain)
+    assert torch.equal(sample(apply_image(sdxl, vae, picture(), strength=0.0), steps=3), plain)
+
+
+def test_in_batch_refdrop_window_inputs(sdxl):
+    plain = sample(sdxl, batch=3, steps=3)
+    late = ApplyRefDrop.execute(sdxl, 0.4, 1, False, "", "", 0.1, 0.3).args[0]  # no call of 3 steps inside
+    assert torch.equal(sample(late, batch=3, steps=3), plain)
+    guided = ApplyRefDrop.execute(sdxl, 0.4, 1, False, "", "", 0.0, 0.3).args[0]  # the first call only
+    assert (sample(guided, batch=3, steps=3)[1:] - plain[1:]).abs().mean() > 1e-3
+    assert "swap them" in ApplyRefDrop.validate_inputs(start_percent=0.7, end_percent=0.3)
+
+
+def test_controlnet_on_the_same_model_still_runs(sdxl, vae):
+    from refguide_testing import tiny_easyref
+
+    control = tiny_easyref.tiny_controlnet("sdxl").copy().set_cond_hint(torch.rand(1, 3, 128, 128), 1.0, (0.0, 1.0))
+    positive = [conditioning(2, 1, control=control)]
+    plain = sample(sdxl, positive=positive, steps=2)
+    guided = sample(apply_image(sdxl, vae, picture()), positive=positive, steps=2)
+    assert torch.isfinite(guided).all() and (guided - plain).abs().mean() > 1e-4
