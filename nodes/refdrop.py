@@ -254,6 +254,42 @@ def guided_blocks(model, skip_up1: bool, exclude_blocks: str) -> list:
     return [block for block in blocks if block.label not in excluded]
 
 
+def guided_dit_blocks(model, exclude_blocks: str) -> set[str]:
+    """The block names of a diffusion transformer to leave unguided; unknown names refused with the valid ones."""
+    excluded = set(parse_block_names(exclude_blocks or ""))
+    valid = model_families.block_labels(model)
+    unknown = sorted(excluded - set(valid))
+    if unknown:
+        raise ValueError(
+            f"exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a transformer block of this model. "
+            f"Valid names: {', '.join(valid)}."
+        )
+    return excluded
+
+
+REFERENCE_IMAGE_DIT_FAMILIES = ("Flux",)
+
+
+def check_reference_image_dit(family, skip_up1: bool, mask) -> None:
+    """Reference images on diffusion transformers: Flux, whole pictures, block exclusion by name."""
+    name = reference_image_patch.NODE_NAME
+    if family.name not in REFERENCE_IMAGE_DIT_FAMILIES:
+        raise ValueError(
+            f"{name} works with SD1.x, SD2.x, SDXL and {', '.join(REFERENCE_IMAGE_DIT_FAMILIES)} models; this "
+            f"{family.name} model is supported by Apply RefDrop (references in the latent batch) only."
+        )
+    if skip_up1:
+        raise ValueError(
+            f"skip_up1 names a UNet block (the first up-sampling block); {family.name} is a diffusion transformer "
+            "without one. Turn skip_up1 off and list the blocks to leave unguided in exclude_blocks."
+        )
+    if mask is not None:
+        raise ValueError(
+            f"{name}: subject masks work on UNets only for now; on {family.name} disconnect the mask (the whole "
+            "reference picture guides)."
+        )
+
+
 def image_coefficients(strength: float, references: int, reference_strengths: str) -> list[float]:
     """One c_j per reference image: `reference_strengths` when given (Eq. 6), else `strength` for each."""
     if reference_strengths and reference_strengths.strip():
@@ -390,10 +426,13 @@ class ApplyRefDropImage(io.ComfyNode):
     ) -> io.NodeOutput:
         name = reference_image_patch.NODE_NAME
         check_window(start_percent, end_percent)
-        model_families.require_family(model, name, (model_families.IMAGE_UNET,))
+        family = model_families.require_family(model, name, (model_families.IMAGE_UNET, model_families.IMAGE_DIT))
+        dit = family.kind == model_families.IMAGE_DIT
+        if dit:
+            check_reference_image_dit(family, skip_up1, mask)
         reference_image_patch.check_vae(model, vae)
         coefficients = image_coefficients(strength, image.shape[0], reference_strengths or "")
-        blocks = guided_blocks(model, skip_up1, exclude_blocks)
+        blocks = guided_dit_blocks(model, exclude_blocks) if dit else guided_blocks(model, skip_up1, exclude_blocks)
         masks = None
         if mask is not None:
             masks = reference_image_patch.subject_masks(mask, image.shape[0], tuple(image.shape[1:3]), vae)
@@ -410,6 +449,13 @@ class ApplyRefDropImage(io.ComfyNode):
             masks = masks[keep]
             if bool((masks >= 0.5).all()):
                 masks = None  # all white: the whole pictures
+        if dit:
+            return io.NodeOutput(
+                reference_image_patch.apply_reference_images_dit(
+                    model, latents, tuple(coefficients[i] for i in keep), seed, blocks,
+                    window(model, start_percent, end_percent),
+                )
+            )  # fmt: skip
         patched = reference_image_patch.apply_reference_images(
             model,
             latents,
