@@ -319,10 +319,10 @@ class ApplyRefDropImage(io.ComfyNode):
                 "guidance branch; every generated image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V) (Eq. 5; Eq. 6 for several references). Keeps a character from one picture "
                 "consistent across a whole batch or story. Optional subject masks restrict the reference to the "
-                "subject. Works with SD1.x, SD2.x and SDXL; combines with Apply RefDrop."
+                "subject. Works with SD1.x, SD2.x, SDXL and Flux (masks: UNets only); combines with Apply RefDrop."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Model.Input("model", tooltip="The SD1.x, SD2.x, SDXL or Flux model to patch (a clone is returned)."),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of the same checkpoint: encodes the references once, when the node runs."
                 ),
