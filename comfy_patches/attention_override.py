@@ -32,6 +32,7 @@ the override is not re-entered. Nothing survives a forward; no K/V copies (views
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,6 +45,7 @@ from . import dit_families
 from .attention_calls import FallbackNotice
 from .dit_families import CallSite
 from .refdrop_patch import RefDropSettings, check_reference_rows
+from .reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY
 
 OVERRIDE_KEY = "optimized_attention_override"
 # Set on the transformer_options of the extra attentions we compute: overrides of this pack pass them through.
@@ -141,10 +143,45 @@ class InBatchReferences:
         if not self.settings.active_at(options):
             return None
         chunks = len(options.get("cond_or_uncond") or [0])
-        layout = chunk_layout(call.rows, chunks, self.settings.reference_rows)
+        # Reference-image rows in front of each chunk (reference_rows.py) are neither references nor guided here.
+        leading = int(options.get(REFERENCE_ROWS_KEY) or 0)
+        layout = chunk_layout(call.rows, chunks, self.settings.reference_rows, leading)
         if layout is None:
             raise _NotUnderstood(f"{call.rows} rows do not split into {chunks} guidance chunks")
         check_reference_rows(layout, self.settings)
+        return in_batch_terms(layout, self.settings.coefficients)
+
+
+@dataclass(frozen=True)
+class ReferenceImageRows:
+    """Apply RefDrop (Reference Image) on a DiT (our extension: clean reference images, not generated in the batch).
+
+    ``reference_rows.ReferenceRows`` puts the noised reference latents as extra rows in front of every guidance
+    chunk; those rows are the chunk's references for Eq. 5 / 6 and every other row of the chunk is guided. Stays
+    the outermost override (an in-batch Apply RefDrop applied later goes inside it), so its guidance applies on
+    top of the in-batch guidance, as on UNets.
+    """
+
+    settings: RefDropSettings
+    stays_outermost = True
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.node_name
+
+    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None:
+        options = call.transformer_options
+        extra = options.get(REFERENCE_ROWS_KEY)
+        if not extra or not self.settings.active_at(options):
+            return None
+        if extra != len(self.settings.coefficients):
+            raise _NotUnderstood(f"{extra} reference rows for {len(self.settings.coefficients)} reference images")
+        if options.get(REFERENCE_MASKS_KEY) is not None:
+            raise _NotUnderstood("subject masks are not placed on diffusion-transformer tokens")
+        chunks = len(options.get("cond_or_uncond") or [0])
+        layout = chunk_layout(call.rows, chunks, tuple(range(extra)))
+        if layout is None or layout.rows_per_chunk <= extra:
+            raise _NotUnderstood(f"{call.rows} rows do not split into {chunks} chunks with {extra} reference rows")
         return in_batch_terms(layout, self.settings.coefficients)
 
 
@@ -170,6 +207,12 @@ class DiTAttentionOverride:
         self.previous = previous
         self.notice = FallbackNotice(policy.node_name)
         self.state_key = f"refguide_forward_{uuid.uuid4().hex}"
+
+    def with_previous(self, previous) -> DiTAttentionOverride:
+        """The same override (same policy, notice and per-forward state key) around another ``previous``."""
+        twin = copy.copy(self)
+        twin.previous = previous
+        return twin
 
     # --- the APPLY_MODEL wrapper: a fresh counter per model call ---------------------------------------------
     def wrapper(self, executor, *args, **kwargs):
@@ -258,7 +301,13 @@ def patch_dit(model, policy: GuidancePolicy, exclude_blocks=()):
     dit_families.check_block_names(model, exclude_blocks, policy.node_name)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
-    override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), options.get(OVERRIDE_KEY))
-    options[OVERRIDE_KEY] = override
+    previous = options.get(OVERRIDE_KEY)
+    if isinstance(previous, DiTAttentionOverride) and getattr(previous.policy, "stays_outermost", False):
+        # reference-image guidance stays outermost: the new override goes inside it
+        override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), previous.previous)
+        options[OVERRIDE_KEY] = previous.with_previous(override)
+    else:
+        override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), previous)
+        options[OVERRIDE_KEY] = override
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, override.state_key, override.wrapper)
     return patched

@@ -14,6 +14,7 @@ import torch
 
 from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import subject_token_mask
+from .attention_override import ReferenceImageRows, patch_dit
 from .refdrop_patch import RefDropAttention, RefDropSettings, patch_self_attention
 from .reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY, ReferenceRows
 
@@ -69,23 +70,44 @@ def apply_reference_images(
     sigma_range: tuple[float, float] | None = None,
     selected: tuple[int, ...] | None = None,
 ):
-    """A clone of ``model`` guided toward reference latents (E, C, H, W): attn1 patches plus the row wrapper.
+    """A clone of a UNet ``model`` guided toward reference latents (E, C, H, W): attn1 patches plus the row wrapper.
 
     ``selected`` are the references that guide (one coefficient each; None = all of ``latents``).
     """
+    settings = _settings(model, coefficients, sigma_range)
+    patched = patch_self_attention(model, settings, blocks, ReferenceImageAttention)
+    return _with_reference_rows(patched, ReferenceRows(latents, seed, masks, sigma_range, selected))
+
+
+def apply_reference_images_dit(
+    model,
+    latents: torch.Tensor,
+    coefficients: tuple[float, ...],
+    seed: int,
+    excluded: set[str],
+    sigma_range: tuple[float, float] | None = None,
+    selected: tuple[int, ...] | None = None,
+):
+    """A clone of a diffusion transformer guided toward reference latents (E, C, H, W): the DiT attention override
+    (``attention_override.ReferenceImageRows``) plus the same row wrapper as on UNets (no subject masks)."""
+    settings = _settings(model, coefficients, sigma_range)
+    patched = patch_dit(model, ReferenceImageRows(settings), excluded)
+    return _with_reference_rows(patched, ReferenceRows(latents, seed, None, sigma_range, selected))
+
+
+def _settings(model, coefficients: tuple[float, ...], sigma_range) -> RefDropSettings:
+    """The references' settings; one Reference Image node per model (a second one is refused)."""
     if model.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
         raise ValueError(
             f"{NODE_NAME}: this model already has reference images from another {NODE_NAME} node. Use one node "
             "with all references in its `image` batch (Batch Images; each reference is resized to the latent "
             "size anyway) and one strength each in `reference_strengths`."
         )
-    settings = RefDropSettings(tuple(range(len(coefficients))), tuple(coefficients), NODE_NAME, sigma_range)
-    patched = patch_self_attention(model, settings, blocks, ReferenceImageAttention)
-    patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL,
-        WRAPPER_KEY,
-        ReferenceRows(latents, seed, masks, sigma_range, selected),
-    )
+    return RefDropSettings(tuple(range(len(coefficients))), tuple(coefficients), NODE_NAME, sigma_range)
+
+
+def _with_reference_rows(patched, rows: ReferenceRows):
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, rows)
     return patched
 
 

@@ -217,8 +217,7 @@ class ApplyRefDrop(io.ComfyNode):
         )
         if family.kind == model_families.IMAGE_DIT:
             return io.NodeOutput(patch_dit(model, InBatchReferences(settings), excluded))
-        blocks = model_blocks.transformer_blocks(model)
-        return io.NodeOutput(patch_self_attention(model, settings, [b for b in blocks if b.label not in excluded]))
+        return io.NodeOutput(patch_self_attention(model, settings, unet_blocks(model, excluded)))
 
 
 def excluded_blocks(model, family, skip_up1: bool, exclude_blocks: str) -> set[str]:
@@ -243,10 +242,27 @@ def excluded_blocks(model, family, skip_up1: bool, exclude_blocks: str) -> set[s
     return excluded
 
 
-def guided_blocks(model, family, skip_up1: bool, exclude_blocks: str) -> list:
-    """The UNet transformer blocks to patch: all but the excluded ones (see excluded_blocks)."""
-    excluded = excluded_blocks(model, family, skip_up1, exclude_blocks)
+def unet_blocks(model, excluded: set[str]) -> list:
+    """The UNet transformer blocks to patch: every one whose label is not excluded."""
     return [block for block in model_blocks.transformer_blocks(model) if block.label not in excluded]
+
+
+REFERENCE_IMAGE_DIT_FAMILIES = ("Flux",)
+
+
+def check_reference_image_dit(family, mask) -> None:
+    """Reference images on diffusion transformers: Flux, whole pictures (skip_up1 is refused by excluded_blocks)."""
+    name = reference_image_patch.NODE_NAME
+    if family.name not in REFERENCE_IMAGE_DIT_FAMILIES:
+        raise ValueError(
+            f"{name} works with SD1.x, SD2.x, SDXL and {', '.join(REFERENCE_IMAGE_DIT_FAMILIES)} models; this "
+            f"{family.name} model is supported by Apply RefDrop (references in the latent batch) only."
+        )
+    if mask is not None:
+        raise ValueError(
+            f"{name}: subject masks work on UNets only for now; on {family.name} disconnect the mask (the whole "
+            "reference picture guides)."
+        )
 
 
 def image_coefficients(strength: float, references: int, reference_strengths: str) -> list[float]:
@@ -278,10 +294,10 @@ class ApplyRefDropImage(io.ComfyNode):
                 "guidance branch; every generated image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V) (Eq. 5; Eq. 6 for several references). Keeps a character from one picture "
                 "consistent across a whole batch or story. Optional subject masks restrict the reference to the "
-                "subject. Works with SD1.x, SD2.x and SDXL; combines with Apply RefDrop."
+                "subject. Works with SD1.x, SD2.x, SDXL and Flux (masks: UNets only); combines with Apply RefDrop."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x, SD2.x or SDXL model to patch (a clone is returned)."),
+                io.Model.Input("model", tooltip="The SD1.x, SD2.x, SDXL or Flux model to patch (a clone is returned)."),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of the same checkpoint: encodes the references once, when the node runs."
                 ),
@@ -385,10 +401,13 @@ class ApplyRefDropImage(io.ComfyNode):
     ) -> io.NodeOutput:
         name = reference_image_patch.NODE_NAME
         check_window(start_percent, end_percent)
-        family = model_families.require_family(model, name, (model_families.IMAGE_UNET,))
+        family = model_families.require_family(model, name, (model_families.IMAGE_UNET, model_families.IMAGE_DIT))
+        dit = family.kind == model_families.IMAGE_DIT
+        if dit:
+            check_reference_image_dit(family, mask)
         reference_image_patch.check_vae(model, vae)
         coefficients = image_coefficients(strength, image.shape[0], reference_strengths or "")
-        blocks = guided_blocks(model, family, skip_up1, exclude_blocks)
+        excluded = excluded_blocks(model, family, skip_up1, exclude_blocks)
         masks = None
         if mask is not None:
             masks = reference_image_patch.subject_masks(mask, image.shape[0], tuple(image.shape[1:3]), vae)
@@ -405,16 +424,17 @@ class ApplyRefDropImage(io.ComfyNode):
             masks = masks[keep]
             if bool((masks >= 0.5).all()):
                 masks = None  # all white: the whole pictures
-        patched = reference_image_patch.apply_reference_images(
-            model,
-            latents,
-            tuple(coefficients[i] for i in keep),
-            seed,
-            masks,
-            blocks,
-            window(model, start_percent, end_percent),
-            tuple(keep) if len(keep) < len(coefficients) else None,
-        )
+        guided = tuple(coefficients[i] for i in keep)
+        sigma_range = window(model, start_percent, end_percent)
+        selected = tuple(keep) if len(keep) < len(coefficients) else None
+        if dit:
+            patched = reference_image_patch.apply_reference_images_dit(
+                model, latents, guided, seed, excluded, sigma_range, selected
+            )
+        else:
+            patched = reference_image_patch.apply_reference_images(
+                model, latents, guided, seed, masks, unet_blocks(model, excluded), sigma_range, selected
+            )
         return io.NodeOutput(patched)
 
 

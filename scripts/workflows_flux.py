@@ -54,32 +54,73 @@ def flux_loaders(wf: Workflow) -> tuple[int, int, int]:
     return unet, clip, vae
 
 
+def flux_sampling(wf: Workflow, model: int, clip: int, vae: int, prompts: str, prefix: str) -> None:
+    """Per-image prompts -> FluxGuidance 3.5 -> KSampler (cfg 1, euler/simple, 20 steps) -> decode -> save."""
+    batch = wf.add("RefDropPromptBatch", (400, 380), [prompts], {"clip": (clip, 0)}, size=(420, 220))
+    positive = wf.add("FluxGuidance", (860, 380), [3.5], {"conditioning": (batch, 0)}, size=(320, 60))
+    negative = wf.add("ConditioningZeroOut", (860, 480), [], {"conditioning": (batch, 0)}, size=(320, 30))
+    latent = wf.add("EmptySD3LatentImage", (400, 640), [1024, 1024, 4], size=(320, 110))
+    sampler = wf.add(
+        "KSampler",
+        (860, 560),
+        [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
+        {"model": (model, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
+        size=(320, 270),
+    )
+    decode = wf.add("VAEDecode", (1220, 40), [], {"samples": (sampler, 0), "vae": (vae, 0)}, size=(200, 50))
+    wf.add("SaveImage", (1220, 140), [prefix], {"images": (decode, 0)}, size=(520, 560))
+
+
+CHARACTER_PROMPTS = "\n".join(
+    [
+        "photo of a young woman with short red hair and freckles, green wool coat, studio portrait, neutral background",
+        "photo of a young woman with short red hair and freckles, green wool coat, reading a book in a cozy cafe",
+        "photo of a young woman with short red hair and freckles, green wool coat, walking on a beach at sunset",
+        "photo of a young woman with short red hair and freckles, green wool coat, hiking in snowy mountains",
+    ]
+)
+PICTURE_PROMPTS = "\n".join(
+    [
+        "photo of the woman from the reference picture reading a book in a cozy cafe",
+        "photo of the woman from the reference picture walking on a beach at sunset",
+        "photo of the woman from the reference picture hiking in snowy mountains",
+        "photo of the woman from the reference picture, portrait in a sunny garden",
+    ]
+)
+REFERENCE_PICTURE = "refdrop_reference_character.png"
+
+
+def character_from_picture() -> Workflow:
+    OUTPUTS.update(FLUX_OUTPUTS)
+    wf = Workflow()
+    unet, clip, vae = flux_loaders(wf)
+    picture = wf.add("LoadImage", (40, 840), [REFERENCE_PICTURE, "image"], size=(320, 360))
+    refdrop = wf.add("ApplyRefDropImage", (400, 40), [0.3, 42, "fixed", False, "", "", 0.0, 1.0],
+                     {"model": (unet, 0), "vae": (vae, 0), "image": (picture, 0)}, size=(340, 300))  # fmt: skip
+    flux_sampling(wf, refdrop, clip, vae, PICTURE_PROMPTS, "RefDrop_flux_from_picture")
+    wf.note(
+        (40, 440),
+        "## RefDrop on Flux: a character from one picture\n\n"
+        "Load the picture of your character in **Load Image** (any size: it is resized and centre-cropped to the "
+        "latent). *Apply RefDrop (Reference Image)* encodes it once with Flux's VAE; at every step it goes through "
+        "the model's own latent scaling, is noised to the step's noise level (flow matching: sigma*noise + "
+        "(1-sigma)*latent) and runs as an extra batch row; in every self-attention call (double- and single-stream "
+        "blocks) each of the four images puts c = 0.3 of its attention on the picture's keys and values.\n\n"
+        "- Flux dev: cfg 1, FluxGuidance 3.5.\n"
+        "- More likeness: raise `strength`; freer layout: end the guidance earlier (`end_percent`) or list early "
+        "blocks in `exclude_blocks`. Subject masks and `skip_up1` are UNet-only.\n\n" + MODEL_NOTE,
+        size=(340, 380),
+    )
+    return wf
+
+
 def consistent_character() -> Workflow:
     OUTPUTS.update(FLUX_OUTPUTS)
     wf = Workflow()
     unet, clip, vae = flux_loaders(wf)
-    refdrop = wf.add("ApplyRefDrop", (400, 40), [0.3, 1, False, "", ""], {"model": (unet, 0)}, size=(320, 200))
-    prompts = "\n".join(
-        [
-            "photo of a young woman with short red hair and freckles, green wool coat, studio portrait, neutral background",
-            "photo of a young woman with short red hair and freckles, green wool coat, reading a book in a cozy cafe",
-            "photo of a young woman with short red hair and freckles, green wool coat, walking on a beach at sunset",
-            "photo of a young woman with short red hair and freckles, green wool coat, hiking in snowy mountains",
-        ]
-    )
-    batch = wf.add("RefDropPromptBatch", (400, 280), [prompts], {"clip": (clip, 0)}, size=(420, 220))
-    positive = wf.add("FluxGuidance", (860, 280), [3.5], {"conditioning": (batch, 0)}, size=(320, 60))
-    negative = wf.add("ConditioningZeroOut", (860, 380), [], {"conditioning": (batch, 0)}, size=(320, 30))
-    latent = wf.add("EmptySD3LatentImage", (400, 540), [1024, 1024, 4], size=(320, 110))
-    sampler = wf.add(
-        "KSampler",
-        (860, 460),
-        [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
-        {"model": (refdrop, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
-        size=(320, 270),
-    )
-    decode = wf.add("VAEDecode", (1220, 40), [], {"samples": (sampler, 0), "vae": (vae, 0)}, size=(200, 50))
-    wf.add("SaveImage", (1220, 140), ["RefDrop_flux_consistent"], {"images": (decode, 0)}, size=(520, 560))
+    refdrop = wf.add("ApplyRefDrop", (400, 40), [0.3, 1, False, "", "", 0.0, 1.0], {"model": (unet, 0)},
+                     size=(320, 240))  # fmt: skip
+    flux_sampling(wf, refdrop, clip, vae, CHARACTER_PROMPTS, "RefDrop_flux_consistent")
     wf.note(
         (40, 440),
         "## RefDrop on Flux: consistent character\n\n"
@@ -96,4 +137,7 @@ def consistent_character() -> Workflow:
 
 
 def build() -> dict[str, Workflow]:
-    return {"refdrop_flux_consistent_character": consistent_character()}
+    return {
+        "refdrop_flux_consistent_character": consistent_character(),
+        "refdrop_flux_character_from_picture": character_from_picture(),
+    }

@@ -29,6 +29,29 @@ def test_flux_consistent_character_runs_end_to_end(comfy_server, object_info):
     assert all(a.shape == (1024, 1024, 3) and a.std() > 0 for a in images)
 
 
+@pytest.fixture(scope="module")
+def reference_picture(comfy_server):
+    """The picture the Flux reference-image workflow's Load Image node expects (768 x 512, not the latent's size)."""
+    g = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:768, 0:512]
+    rgb = np.stack([xx / 512, yy / 768, 0.5 + 0.1 * g.standard_normal((768, 512))], -1)
+    path = comfy_server.base_dir / "input" / "refdrop_reference_character.png"
+    Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_flux_character_from_picture_runs_end_to_end(comfy_server, object_info, reference_picture):
+    graph = wf.load(WORKFLOWS / "refdrop_flux_character_from_picture.json")
+    assert {"LoadImage", "ApplyRefDropImage", "MarkdownNote"} <= wf.node_types(graph)
+    prompt = wf.ui_to_api(graph, object_info, swap=SWAP)
+    node = next(n for n in prompt.values() if n["class_type"] == "ApplyRefDropImage")
+    assert node["inputs"]["strength"] == 0.3 and "mask" not in node["inputs"]
+    entry = comfy_server.run_prompt(prompt, timeout=900)
+    images = [np.asarray(Image.open(path)) for path in comfy_server.output_files(entry)]
+    assert len(images) == 4  # the reference row never reaches the sampler's output
+    assert all(a.shape == (1024, 1024, 3) and a.std() > 0 for a in images)
+
+
 def test_skip_up1_on_flux_is_refused_with_a_pointer_to_exclude_blocks(comfy_server):
     prompt = {
         "1": {"class_type": "RefGuideTestUNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.patcher_extension
 import comfy.sample
 import pytest
 import torch
@@ -323,3 +324,68 @@ def test_two_apply_refdrop_nodes_stack():
     plain, single, double = (sample("flux", m, steps=1) for m in (model, once, twice))
     torch.testing.assert_close(double[0], plain[0], rtol=1e-5, atol=1e-5)
     assert (double[1:] - single[1:]).abs().mean() > 1e-5  # the outer node blends on top of the inner one
+
+
+# ---- Apply RefDrop (Reference Image) on Flux ------------------------------------------------------------------
+
+
+def apply_reference_image(model, image, vae, strength=0.4, seed=3, skip_up1=False, exclude_blocks="", mask=None):
+    from refguide.nodes.refdrop import ApplyRefDropImage
+
+    return ApplyRefDropImage.execute(model, vae, image, strength, seed, skip_up1, "", exclude_blocks, 0.0, 1.0,
+                                     mask).args[0]  # fmt: skip
+
+
+def test_reference_image_on_flux_equals_an_in_batch_reference_made_the_samplers_way():
+    """One model call: the picture, VAE-encoded, put through the model's own process_latent_in and flow noise
+    scaling, guides exactly as the same latent would as row 0 of the batch with in-batch Apply RefDrop."""
+    model, vae = tiny_dits.tiny_dit("flux", seed=6), tiny_dits.tiny_flux_vae()
+    image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(1))
+    patched = apply_reference_image(model, image, vae, strength=0.4, seed=3)
+    base = model.model
+    g = torch.Generator().manual_seed(4)
+    rows, sigma = 2, 0.6
+    x = torch.randn(rows, 16, 16, 16, generator=g)
+    context = torch.randn(rows, 8, CONTEXT, generator=g)
+    pooled = torch.randn(rows, POOLED["flux"], generator=g)
+    guidance = torch.full((rows,), 3.5)
+
+    def call(patcher, x, context, pooled, guidance):
+        options = dict(patcher.model_options["transformer_options"], cond_or_uncond=[0])
+        options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
+        t = torch.full((x.shape[0],), sigma)
+        with torch.no_grad():
+            return base.apply_model(x, t, c_crossattn=context, y=pooled, guidance=guidance,
+                                    transformer_options=options)  # fmt: skip
+
+    ours = call(patched, x, context, pooled, guidance)
+    z = vae.encode(image)  # (1, 16, 16, 16): already the latent's size
+    eps = comfy.sample.prepare_noise(z, 3)
+    x_ref = base.model_sampling.noise_scaling(torch.tensor([sigma]), eps, base.process_latent_in(z))
+    in_batch = apply_refdrop(model, strength=0.4)
+    expected = call(in_batch, torch.cat((x_ref, x)), torch.cat((context[:1], context)),
+                    torch.cat((pooled[:1], pooled)), torch.cat((guidance[:1], guidance)))[1:]  # fmt: skip
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    plain = call(model, x, context, pooled, guidance)
+    assert not torch.allclose(ours, plain, atol=1e-4)
+
+
+def test_reference_image_on_flux_samples_and_refuses_what_it_cannot_do():
+    model, vae = tiny_dits.tiny_dit("flux", seed=6), tiny_dits.tiny_flux_vae()
+    image = torch.rand(1, 96, 160, 3, generator=torch.Generator().manual_seed(2))  # another size than the latent
+    plain = sample("flux", model, steps=2)
+    guided = sample("flux", apply_reference_image(model, image, vae, exclude_blocks="single 1"), steps=2)
+    assert torch.isfinite(guided).all() and (guided - plain).abs().mean() > 1e-4 * plain.abs().mean()
+    assert torch.equal(sample("flux", apply_reference_image(model, image, vae, strength=0.0), steps=2), plain)
+    # stacked with in-batch Apply RefDrop, in either order: the reference-image override stays outermost
+    first = apply_refdrop(apply_reference_image(model, image, vae), strength=0.3)
+    second = apply_reference_image(apply_refdrop(model, strength=0.3), image, vae)
+    torch.testing.assert_close(sample("flux", first, steps=1), sample("flux", second, steps=1))
+    with pytest.raises(ValueError, match="skip_up1.*exclude_blocks"):
+        apply_reference_image(model, image, vae, skip_up1=True)
+    with pytest.raises(ValueError, match="subject masks work on UNets only"):
+        apply_reference_image(model, image, vae, mask=torch.ones(1, 96, 160))
+    with pytest.raises(ValueError, match="Valid names: double 0"):
+        apply_reference_image(model, image, vae, exclude_blocks="output 0")
+    with pytest.raises(ValueError, match="Apply RefDrop \\(references in the latent batch\\) only"):
+        apply_reference_image(tiny_dits.tiny_dit("sd3"), image, vae)
