@@ -126,10 +126,11 @@ def build(config: str, patched: bool):
         mm.load_models_gpu([model])
         unet = model.model.diffusion_model
         options = dict(model.model_options.get("transformer_options", {}), cond_or_uncond=[1, 0])
+        dtype = next(unet.parameters()).dtype  # the stand-in UNet's weights (float32), also on a GPU
 
         def step(size=(SDXL_LATENT, SDXL_LATENT)):
             with torch.no_grad():
-                args = [t.to(DEVICE, DTYPE) for t in (x[..., : size[0], : size[1]], context, y)]
+                args = [t.to(DEVICE, dtype) for t in (x[..., : size[0], : size[1]], context, y)]
                 unet(args[0], torch.full((batch,), 500.0, device=DEVICE), args[1], args[2],
                      transformer_options=dict(options))  # fmt: skip
 
