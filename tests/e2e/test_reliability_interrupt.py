@@ -32,11 +32,12 @@ def long_sampling(prompt: dict) -> dict:
 
 
 def long_encode(prompt: dict) -> dict:
-    """The reference group with 16 references (the first picture repeated), so the encode takes a while."""
-    encode_id = next(i for i, n in prompt.items() if n["class_type"] == "EncodeReferenceGroup")
-    prompt["repeat"] = {"class_type": "RepeatImageBatch", "inputs": {"image": prompt[encode_id]["inputs"]["images"],
-                                                                      "amount": 16}}  # fmt: skip
-    prompt[encode_id]["inputs"]["images"] = ["repeat", 0]
+    """The reference group with 16 more references (the first picture repeated), so the encode takes a while."""
+    first = next(
+        n for n in prompt.values() if n["class_type"] == "EasyRefReferenceGroup" and "references" not in n["inputs"]
+    )
+    prompt["repeat"] = {"class_type": "RepeatImageBatch", "inputs": {"image": first["inputs"]["images"], "amount": 16}}
+    first["inputs"]["images"] = ["repeat", 0]
     return prompt
 
 

@@ -201,9 +201,14 @@ AFTER = {f"after_{i}": ("*", {"tooltip": "links only order this probe after othe
 def _module_of(obj) -> str:
     import types
 
-    if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
-        return getattr(obj, "__module__", "") or ""
-    return type(obj).__module__ or ""
+    try:
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            module = getattr(obj, "__module__", "")
+        else:
+            module = type(obj).__module__
+    except Exception:  # objects whose attribute access fails (proxies, half-torn-down objects)
+        return ""
+    return module if isinstance(module, str) else ""
 
 
 def _is_pack(obj) -> bool:
