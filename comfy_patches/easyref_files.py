@@ -161,7 +161,7 @@ def sanitize_prefix(prefix: str) -> str:
 def prefix_problem(prefix: str) -> str | None:
     """Why ``prefix`` cannot be a file name prefix inside the output folder (absolute, or climbing out), or None."""
     parts = prefix.replace("\\", "/").split("/")
-    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or ".." in parts or (":" in parts[0]):
+    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", prefix):
         return (
             f"filename_prefix '{prefix}' would save outside the output folder: use a name relative to it, such as "
             "'easyref/embeds' (sub-folders are allowed, '..' and absolute paths are not)."

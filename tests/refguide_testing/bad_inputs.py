@@ -20,6 +20,7 @@ SDXL, SD15, FLUX, WAN = (
     "flux1-dev.safetensors",
     "wan2.1_t2v_1.3B.safetensors",
 )
+SVD = "svd_xt_1_1.safetensors"
 MLLM, CHECKPOINT = "Qwen2-VL-2B-Instruct", "easyref.safetensors"
 
 # Files in the test server's folders (made by the test's fixture), by role.
@@ -137,9 +138,6 @@ def _with_image(prompt: dict, source: str) -> dict:
 
 def _reference_image(source: str, model: str = SDXL) -> dict:
     prompt = _patch_only(model, "ApplyRefDropImage", vae=["1", 2], image=["8", 0], strength=0.3, seed=0, skip_up1=False)
-    if model in (FLUX,):
-        prompt["11"] = {"class_type": "RefGuideTestVAELoader", "inputs": {"vae_name": "ae.safetensors"}}
-        prompt["2"]["inputs"]["vae"] = ["11", 0]
     return _with_image(prompt, source)
 
 
@@ -196,8 +194,8 @@ CASES: list[Case] = [
          ("this is a Stable Video Diffusion model (video UNet): use the 'SVD Temporal RefDrop' node instead.",), lambda c: _patch_only("svd_xt_1_1.safetensors", "ApplyRefDrop", strength=0.3, reference_count=1, skip_up1=False)),
     Case("refdrop-wan", "Apply RefDrop", "a Wan video model", "execution",
          ("this is a Wan 2.1 / 2.2 model (video diffusion transformer): use the 'Temporal RefDrop' node instead.",), lambda c: _patch_only(WAN, "ApplyRefDrop", strength=0.3, reference_count=1, skip_up1=False)),
-    Case("image-flux", "Apply RefDrop (Reference Image)", "a Flux model", "execution",
-         ("Apply RefDrop (Reference Image) works with SD1.x, SD2.x, SDXL models; this is a Flux model (image diffusion transformer): use the 'Apply RefDrop' node instead.",), lambda c: _reference_image("grey", FLUX)),
+    Case("image-svd", "Apply RefDrop (Reference Image)", "an SVD model", "execution",
+         ("this is a Stable Video Diffusion model (video UNet): use the 'SVD Temporal RefDrop' node instead.",), lambda c: _reference_image("grey", SVD)),
     Case("temporal-sdxl", "Temporal RefDrop", "an SDXL model", "execution",
          ("Temporal RefDrop works with Wan 2.1 / 2.2 models; this is a SDXL model (image UNet): use the 'Apply RefDrop' node instead.",), lambda c: _patch_only(SDXL, "TemporalRefDrop", strength=0.2, reference_frame=0)),
     # ---- strengths ----
