@@ -85,6 +85,13 @@ def _safe_relative(name: str) -> str | None:
     return rel
 
 
+def outside_message(input_name: str, name: str, roots: list[str], example: str) -> str:
+    return (
+        f"{input_name} '{name}' points outside the model folders {', '.join(roots)}: names are relative to them "
+        f"and cannot climb out ('..') or be absolute paths. Pick an entry of the list, e.g. '{example}'."
+    )
+
+
 def mllm_missing_message(name: str) -> str:
     roots = llm_roots()
     return (
@@ -105,18 +112,22 @@ def checkpoint_missing_message(name: str) -> str:
 def resolve_mllm(name: str) -> str:
     """The Qwen2-VL folder ``name`` (relative to an LLM model folder), or FileNotFoundError saying where to put it."""
     rel = _safe_relative(name)
-    if rel is not None:
-        for root in llm_roots():
-            path = os.path.join(root, rel)
-            if _is_qwen2_vl_folder(path):
-                return path
+    if rel is None:
+        raise FileNotFoundError(outside_message("mllm", name, llm_roots(), DEFAULT_MLLM))
+    for root in llm_roots():
+        path = os.path.join(root, rel)
+        if _is_qwen2_vl_folder(path):
+            return path
     raise FileNotFoundError(mllm_missing_message(name))
 
 
 def resolve_checkpoint(name: str) -> str:
     """The EasyRef checkpoint file ``name``, or FileNotFoundError saying where to put and download it."""
     rel = _safe_relative(name)
-    path = folder_paths.get_full_path(EASYREF_FOLDER, rel) if rel is not None else None
+    if rel is None:
+        roots = folder_paths.get_folder_paths(EASYREF_FOLDER)
+        raise FileNotFoundError(outside_message("checkpoint", name, roots, "easyref.safetensors"))
+    path = folder_paths.get_full_path(EASYREF_FOLDER, rel)
     if path is None:
         raise FileNotFoundError(checkpoint_missing_message(name))
     return path
@@ -147,8 +158,22 @@ def sanitize_prefix(prefix: str) -> str:
     return "/".join(parts) or "easyref_embeds"
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot be a file name prefix inside the output folder (absolute, or climbing out), or None."""
+    parts = prefix.replace("\\", "/").split("/")
+    if os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", prefix):
+        return (
+            f"filename_prefix '{prefix}' would save outside the output folder: use a name relative to it, such as "
+            "'easyref/embeds' (sub-folders are allowed, '..' and absolute paths are not)."
+        )
+    return None
+
+
 def save_embeds_file(embeds: embeds_mod.EasyRefEmbeds, filename_prefix: str) -> dict:
     """Save ``embeds`` under the output folder; the UI entry (filename, subfolder, type) of the new file."""
+    problem = prefix_problem(filename_prefix)
+    if problem:
+        raise ValueError(problem)
     output_dir = folder_paths.get_output_directory()
     prefix = sanitize_prefix(filename_prefix)
     full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output_dir)
@@ -173,8 +198,13 @@ def resolve_embeds_file(name: str) -> str:
     """The embeds file ``name`` inside the input folder (never outside it), or FileNotFoundError."""
     root = os.path.realpath(folder_paths.get_input_directory())
     path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
-        raise FileNotFoundError(f"EasyRef embeds file '{name}' not found in the input folder {root}.")
+    if os.path.commonpath([root, path]) != root:
+        raise FileNotFoundError(
+            f"embeds_file '{name}' leads to {path}, outside the input folder {root} (a '..', absolute path or "
+            "symbolic link): copy the embeds file into the input folder and pick it from the list."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embeds_file '{name}' not found in the input folder {root}.")
     return path
 
 

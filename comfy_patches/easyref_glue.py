@@ -52,7 +52,10 @@ def encode_reference_group(easyref: encoder.EasyRefModel, images: list, prompt: 
     """Reference tokens of ``images`` (any sizes) and ``prompt``, plus the unconditional tokens (computed once per
     loaded model), with ComfyUI's progress bar and interruption."""
     if not images:
-        raise ValueError("Encode Reference Group: connect reference images to 'images' or 'references'.")
+        raise ValueError(
+            "Encode Reference Group: the reference group is empty (nothing connected, or an image batch with no "
+            "images): connect at least one reference image to 'images' or 'references'."
+        )
     mm.load_models_gpu([easyref.patcher], force_full_load=True)
     needs_uncond = not easyref.has_unconditional
     pbar = comfy.utils.ProgressBar(len(images) + 1 + (1 if needs_uncond else 0))

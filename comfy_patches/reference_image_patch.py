@@ -122,6 +122,19 @@ def check_vae(model, vae) -> None:
         )
 
 
+def check_images(images: torch.Tensor, vae) -> None:
+    """A clear error for a reference batch the VAE cannot encode: no images, or smaller than one latent pixel."""
+    if images.shape[0] == 0:
+        raise ValueError(f"{NODE_NAME}: `image` is an empty batch (0 images): connect at least one reference picture.")
+    ratio = vae.spacial_compression_encode()
+    height, width = images.shape[1:3]
+    if height < ratio or width < ratio:
+        raise ValueError(
+            f"{NODE_NAME}: `image` is {width}x{height} pixels, smaller than one latent pixel of the VAE "
+            f"({ratio}x{ratio}): use a reference picture of at least {ratio}x{ratio} pixels (a few hundred a side works best)."
+        )
+
+
 def encode_references(model, vae, images: torch.Tensor) -> torch.Tensor:
     """The references' latents (E, C, h, w), each at its own size, exactly as the VAE Encode node makes them."""
     check_vae(model, vae)

@@ -64,9 +64,13 @@ def load_weight_file(path: str) -> dict[str, torch.Tensor]:
     """
     lower = path.lower()
     if lower.endswith(SAFE_TENSOR_SUFFIXES):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as error:
+            raise CheckpointError(unreadable_safetensors_message(path, error)) from None
     if lower.endswith(TORCH_SUFFIXES):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -82,6 +86,24 @@ def load_weight_file(path: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(
         f"{os.path.basename(path)}: unsupported file type. Use .safetensors (preferred) or a torch file "
         f"({', '.join(TORCH_SUFFIXES)}) that loads with weights_only=True."
+    )
+
+
+def unreadable_safetensors_message(path: str, error: Exception) -> str:
+    """Why a ``.safetensors`` file cannot be read, and what to do: the file's first bytes tell a renamed torch
+    file (zip or pickle) from a damaged one."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    name = os.path.basename(path)
+    if head == b"PK" or head[:1] == b"\x80":
+        return (
+            f"{name} is a torch (pickle) file renamed to .safetensors, not a safetensors file ({error}). Give it "
+            f"its real extension ({', '.join(TORCH_SUFFIXES)}; loaded with weights_only=True) or use the .safetensors "
+            f"download. File: {path}"
+        )
+    return (
+        f"{name} cannot be read as a safetensors file ({error}): it is damaged or incomplete (an interrupted "
+        f"download?). Download it again. File: {path}"
     )
 
 
@@ -148,16 +170,19 @@ def read_mllm_folder_weights(folder: str, num_prefix_layers: int, dtype: torch.d
     Only the needed tensors are read (decoder layers from ``num_prefix_layers`` on and the head are
     not loaded at all).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out: dict[str, torch.Tensor] = {}
     for path in mllm_folder_weight_files(folder):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for key in f.keys():
-                canonical = canonical_mllm_key(key)
-                if canonical is None or not is_prefix_key(canonical, num_prefix_layers):
-                    continue
-                out[canonical] = f.get_tensor(key).to(dtype)
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    canonical = canonical_mllm_key(key)
+                    if canonical is None or not is_prefix_key(canonical, num_prefix_layers):
+                        continue
+                    out[canonical] = f.get_tensor(key).to(dtype)
+        except SafetensorError as error:
+            raise CheckpointError(unreadable_safetensors_message(path, error)) from None
     return out
 
 

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 from ..comfy_patches import easyref_files as files
 from ..comfy_patches import easyref_glue as glue
 from ..easyref import embeds as embeds_mod
+from .validation import widget_ranges
 
 CATEGORY = "EasyRef"
 
@@ -164,6 +165,10 @@ class SaveEasyRefEmbeds(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix):
+        return files.prefix_problem(filename_prefix) or True
+
+    @classmethod
     def execute(cls, embeds, filename_prefix) -> io.NodeOutput:
         return io.NodeOutput(ui={"easyref_embeds": [files.save_embeds_file(embeds, filename_prefix)]})
 
@@ -279,7 +284,10 @@ class ApplyEasyRef(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_at=0.0, end_at=1.0, **_):
+    def validate_inputs(cls, start_at=0.0, end_at=1.0, **others):
+        problem = widget_ranges(cls, dict(others, start_at=start_at, end_at=end_at))
+        if problem:
+            return problem
         if isinstance(start_at, (int, float)) and isinstance(end_at, (int, float)) and start_at > end_at:
             return f"start_at ({start_at}) must not be after end_at ({end_at})."
         return True

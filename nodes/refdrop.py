@@ -12,6 +12,7 @@ from ..comfy_patches import model_blocks, model_families, reference_image_patch
 from ..comfy_patches.attention_override import InBatchReferences, patch_dit
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 from ..comfy_patches.step_window import sigma_window
+from .validation import widget_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def parse_strengths(text: str) -> list[float]:
         except ValueError:
             raise ValueError(f"reference_strengths: {part!r} is not a number (expected e.g. '0.3, 0.2')") from None
         if not math.isfinite(value):
-            raise ValueError(f"reference_strengths: {part!r} is not a finite number")
+            raise ValueError(f"reference_strengths: {part!r} is not a finite number (expected e.g. '0.3, 0.2')")
         values.append(value)
     return values
 
@@ -180,8 +181,12 @@ class ApplyRefDrop(io.ComfyNode):
         exclude_blocks="",
         start_percent=0.0,
         end_percent=1.0,
-        **_,
+        **others,
     ):
+        numbers = dict(others, strength=strength, reference_count=reference_count)
+        problem = widget_ranges(cls, dict(numbers, start_percent=start_percent, end_percent=end_percent))
+        if problem:
+            return problem
         try:
             if isinstance(reference_count, int) and isinstance(reference_strengths, str):
                 coefficients_for(float(strength), reference_count, reference_strengths)
@@ -373,7 +378,10 @@ class ApplyRefDropImage(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, reference_strengths="", exclude_blocks="", start_percent=0.0, end_percent=1.0, **_):
+    def validate_inputs(cls, reference_strengths="", exclude_blocks="", start_percent=0.0, end_percent=1.0, **others):
+        problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
+        if problem:
+            return problem
         try:
             if isinstance(reference_strengths, str):
                 parse_strengths(reference_strengths)
@@ -406,6 +414,7 @@ class ApplyRefDropImage(io.ComfyNode):
         if dit:
             check_reference_image_dit(family, mask)
         reference_image_patch.check_vae(model, vae)
+        reference_image_patch.check_images(image, vae)
         coefficients = image_coefficients(strength, image.shape[0], reference_strengths or "")
         excluded = excluded_blocks(model, family, skip_up1, exclude_blocks)
         masks = None

@@ -9,6 +9,7 @@ from ..comfy_patches import model_blocks, model_families
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
 from ..comfy_patches.step_window import sigma_window
 from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
+from .validation import widget_ranges
 
 WRAPPER_KEY = "refguide_svd_temporal_refdrop"
 
@@ -70,7 +71,10 @@ class SVDTemporalRefDrop(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_):
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **others):
+        problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
+        if problem:
+            return problem
         if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
             return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
         return True

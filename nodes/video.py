@@ -8,6 +8,7 @@ from ..comfy_patches import model_families
 from ..comfy_patches.step_window import sigma_window
 from ..comfy_patches.temporal_refdrop import TemporalRefDropSettings, block_labels, patch_temporal_refdrop
 from .refdrop import parse_block_names
+from .validation import widget_ranges
 
 NODE_NAME = "Temporal RefDrop"
 
@@ -93,7 +94,10 @@ class TemporalRefDrop(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, exclude_blocks="", **_):
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, exclude_blocks="", **others):
+        problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
+        if problem:
+            return problem
         if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
             return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
         if isinstance(exclude_blocks, str):

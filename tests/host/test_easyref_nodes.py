@@ -111,7 +111,7 @@ def test_missing_files_name_folders_and_downloads(folders, models_root):
         nodes.LoadEasyRefMLLM.validate_inputs(mllm="Qwen2-VL-2B-Instruct", checkpoint="other.safetensors", dtype="auto")
         is True
     )
-    with pytest.raises(FileNotFoundError, match="Searched the LLM model folders"):
+    with pytest.raises(FileNotFoundError, match="points outside the model folders"):
         nodes.LoadEasyRefMLLM.execute(mllm="../LLM/Qwen2-VL-2B-Instruct", checkpoint="other.safetensors", dtype="fp32")
 
 
@@ -152,7 +152,7 @@ def test_encode_group_of_mixed_sizes_progress_and_uncond_once(loaded, monkeypatc
 
 
 def test_encode_without_images_is_an_error(loaded):
-    with pytest.raises(ValueError, match="connect reference images"):
+    with pytest.raises(ValueError, match="the reference group is empty"):
         nodes.EncodeReferenceGroup.execute(easyref=loaded, prompt="x")
 
 
@@ -167,7 +167,12 @@ def test_encode_is_interruptible(loaded):
 
 def test_save_and_load_embeds(loaded, folders):
     out = nodes.EncodeReferenceGroup.execute(easyref=loaded, prompt="p", images=torch.rand(1, 64, 64, 3)).result[0]
-    res = nodes.SaveEasyRefEmbeds.execute(embeds=out, filename_prefix="../../../escape/../x:y*z").ui
+    for escaping in ("../../../escape/../x", "/tmp/x", "C:/x"):
+        assert "would save outside the output folder" in nodes.SaveEasyRefEmbeds.validate_inputs(escaping)
+        with pytest.raises(ValueError, match="would save outside the output folder"):
+            nodes.SaveEasyRefEmbeds.execute(embeds=out, filename_prefix=escaping)
+    assert nodes.SaveEasyRefEmbeds.validate_inputs("easyref/x:y*z") is True
+    res = nodes.SaveEasyRefEmbeds.execute(embeds=out, filename_prefix="escape/x:y*z").ui
     item = res["easyref_embeds"][0]
     saved = folders["output"] / item["subfolder"] / item["filename"]
     assert saved.is_file() and os.path.commonpath([str(folders["output"]), str(saved.resolve())]) == str(

@@ -188,3 +188,188 @@ NODE_CLASS_MAPPINGS["RefGuideTestUNETLoader"] = RefGuideTestUNETLoader
 NODE_CLASS_MAPPINGS["RefGuideTestDualCLIPLoader"] = RefGuideTestDualCLIPLoader
 NODE_CLASS_MAPPINGS["RefGuideTestCLIPLoader"] = RefGuideTestCLIPLoader
 NODE_CLASS_MAPPINGS["RefGuideTestVAELoader"] = RefGuideTestVAELoader
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes for the reliability tests: they read the server's state, they change nothing
+# ---------------------------------------------------------------------------------------------
+
+PACK_FOLDER = "comfyui-refguide"  # the folder name the test server installs the pack under (server.PACK_LINK_NAME)
+AFTER = {f"after_{i}": ("*", {"tooltip": "links only order this probe after other nodes"}) for i in (1, 2, 3, 4)}
+
+
+def _module_of(obj) -> str:
+    import types
+
+    try:
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            module = getattr(obj, "__module__", "")
+        else:
+            module = type(obj).__module__
+    except Exception:  # objects whose attribute access fails (proxies, half-torn-down objects)
+        return ""
+    return module if isinstance(module, str) else ""
+
+
+def _is_pack(obj) -> bool:
+    module = _module_of(obj)
+    return PACK_FOLDER in module or module.startswith("refguide.")
+
+
+def pack_objects(root, path: str) -> list[str]:
+    """Where in ``root`` (dicts, sequences, partials, bound methods) an object, function or key of the pack sits."""
+    import functools
+    import types
+
+    import torch
+
+    found, seen, stack = [], set(), [(root, path, 0)]
+    while stack:
+        obj, where, depth = stack.pop()
+        if id(obj) in seen or depth > 16 or isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+            if isinstance(obj, str) and "refguide" in obj:
+                found.append(f"{where}: {obj!r}")
+            continue
+        seen.add(id(obj))
+        if _is_pack(obj):
+            found.append(f"{where}: {type(obj).__name__}")
+            continue
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                if _is_pack(key) or (isinstance(key, str) and "refguide" in key):
+                    found.append(f"{where}[{key!r}]")
+                stack.append((value, f"{where}[{key!r}]", depth + 1))
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend((value, f"{where}[{i}]", depth + 1) for i, value in enumerate(obj))
+        elif isinstance(obj, functools.partial):
+            stack.extend([(obj.func, f"{where}.func", depth + 1), (obj.args, f"{where}.args", depth + 1)])
+            stack.append((obj.keywords, f"{where}.keywords", depth + 1))
+        elif isinstance(obj, types.MethodType):
+            stack.extend(
+                [(obj.__func__, f"{where}.__func__", depth + 1), (obj.__self__, f"{where}.__self__", depth + 1)]
+            )
+    return found
+
+
+def model_report(patcher) -> dict:
+    """What the pack could have left on a ModelPatcher and on its torch modules."""
+    patcher_state = {k: v for k, v in vars(patcher).items() if k != "model"}
+    found = pack_objects(patcher_state, "patcher")
+    hooks = 0
+    for name, module in patcher.model.named_modules():
+        state = {k: v for k, v in vars(module).items() if k not in ("_parameters", "_buffers", "_modules")}
+        found += pack_objects(state, f"module {name or 'root'}")
+        hooks += len(module._forward_hooks) + len(module._forward_pre_hooks)
+    options = patcher.model_options.get("transformer_options", {})
+    return {
+        "weight_patches": len(patcher.patches),
+        "object_patches": sorted(patcher.object_patches),
+        "additional_models": sorted(patcher.additional_models),
+        "transformer_options": sorted(k for k, v in options.items() if v),
+        "pack_objects": found,
+        "module_hooks": hooks,
+    }
+
+
+def _loaded_models() -> list[dict]:
+    import comfy.model_management as mm
+
+    out = []
+    for loaded in mm.current_loaded_models:
+        patcher = loaded.model
+        if patcher is None:
+            continue
+        out.append(
+            {
+                "model": type(patcher.model).__name__,
+                "module": _module_of(patcher.model),
+                "device": str(loaded.device),
+                "compute_device": loaded.device == mm.get_torch_device(),
+                "loaded_bytes": int(patcher.loaded_size()),
+            }
+        )
+    return out
+
+
+class RefGuideTestInspectModel:
+    """Test probe: reports what the pack left on a MODEL (see model_report); re-runs every time."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}, "optional": dict(AFTER)}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "inspect"
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    def inspect(self, model, **_after):
+        import json
+
+        return {"ui": {"refguide_model": [json.dumps(model_report(model))]}}
+
+
+class RefGuideTestProcessState:
+    """Test probe: ComfyUI's loaded models (before and after ComfyUI asks the compute device for all its memory,
+    when ``request_memory``) and the live objects of the pack and of transformers' models, after gc."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"request_memory": ("BOOLEAN", {"default": False})}, "optional": dict(AFTER)}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "report"
+    CATEGORY = "testing"
+
+    @classmethod
+    def IS_CHANGED(cls, **_):
+        return float("nan")
+
+    def report(self, request_memory, **_after):
+        import collections
+        import gc
+        import json
+
+        import comfy.model_management as mm
+        import torch
+
+        gc.collect()
+        before = _loaded_models()
+        if request_memory:
+            mm.free_memory(1e30, mm.get_torch_device())  # what ComfyUI does when a model needs the whole device
+        after = _loaded_models()
+        gc.collect()
+        live = collections.Counter(
+            type(obj).__name__
+            for obj in gc.get_objects()
+            if _is_pack(obj) or (isinstance(obj, torch.nn.Module) and _module_of(obj).startswith("transformers."))
+        )
+        report = {"loaded_before": before, "loaded_after": after, "live_objects": dict(live)}
+        return {"ui": {"refguide_state": [json.dumps(report)]}}
+
+
+class RefGuideTestEmptyImage:
+    """Test source of a bad input: an IMAGE batch with no images (what an upstream filter node can produce)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self):
+        import torch
+
+        return (torch.zeros((0, 64, 64, 3)),)
+
+
+NODE_CLASS_MAPPINGS["RefGuideTestInspectModel"] = RefGuideTestInspectModel
+NODE_CLASS_MAPPINGS["RefGuideTestProcessState"] = RefGuideTestProcessState
+NODE_CLASS_MAPPINGS["RefGuideTestEmptyImage"] = RefGuideTestEmptyImage
