@@ -15,12 +15,20 @@ from refguide_testing.server import ComfyServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STEPS = 24  # long enough to interrupt after the second step
+STEPS = 12
+SECONDS_PER_CALL = 0.25  # every model call of the patched model waits this long: the interrupt lands mid-sampling
 
 
 def long_sampling(prompt: dict) -> dict:
-    for node in prompt.values():
+    """More steps, and the patched model paced (a test node wraps it), so sampling outlasts the interrupt's trip."""
+    for node_id, node in list(prompt.items()):
         inputs = node["inputs"]
+        source = inputs.get("model")
+        if node["class_type"] in ("KSampler", "KSamplerAdvanced") and prompt[source[0]]["class_type"] in PATCH_NODES:
+            paced = f"paced_{node_id}"
+            prompt[paced] = {"class_type": "RefGuideTestPacedModel",
+                             "inputs": {"model": source, "seconds_per_call": SECONDS_PER_CALL}}  # fmt: skip
+            inputs["model"] = [paced, 0]
         if node["class_type"] == "KSampler":
             inputs["steps"] = STEPS
         elif node["class_type"] == "KSamplerAdvanced":
@@ -51,6 +59,7 @@ CASES = {
     "svd-temporal": ("refdrop_svd_img2vid_comparison", "KSampler", long_sampling),
     "temporal-wan": ("refdrop_wan22_i2v_comparison", "KSamplerAdvanced", long_sampling),
 }
+PACED = "RefGuideTestPacedModel"
 PATCH_NODES = {"ApplyEasyRef", "ApplyRefDrop", "ApplyRefDropImage", "SVDTemporalRefDrop", "TemporalRefDrop"}
 
 
@@ -58,8 +67,8 @@ def prompt_for(case: str, object_info: dict) -> tuple[dict, str]:
     workflow, target, edit = CASES[case]
     prompt = edit(sw.api_prompt(workflow, object_info))
     candidates = [i for i, n in prompt.items() if n["class_type"] == target]
-    if target != "EncodeReferenceGroup":  # the sampler that runs the patched model
-        candidates = [i for i in candidates if prompt[prompt[i]["inputs"]["model"][0]]["class_type"] in PATCH_NODES]
+    if target != "EncodeReferenceGroup":  # the sampler that runs the (paced) patched model
+        candidates = [i for i in candidates if prompt[prompt[i]["inputs"]["model"][0]]["class_type"] == PACED]
     return prompt, candidates[0]
 
 

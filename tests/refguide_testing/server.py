@@ -21,10 +21,13 @@ PACK_LINK_NAME = "comfyui-refguide"
 class ComfyServer:
     """Handle on a running ComfyUI process: HTTP helpers plus the base directory it serves."""
 
-    def __init__(self, comfy_root: Path, base_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self, comfy_root: Path, base_dir: Path, extra_args: tuple[str, ...] = (), extra_env: dict | None = None
+    ):
         self.comfy_root = Path(comfy_root)
         self.base_dir = Path(base_dir)
         self.extra_args = tuple(extra_args)  # more ComfyUI arguments (--lowvram, --cache-classic, ...)
+        self.extra_env = dict(extra_env or {})  # more environment variables of the server process
         self.log_path = self.base_dir / "server.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -39,6 +42,7 @@ class ComfyServer:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         cmd = [
             sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),

@@ -370,6 +370,33 @@ class RefGuideTestEmptyImage:
         return (torch.zeros((0, 64, 64, 3)),)
 
 
+class RefGuideTestPacedModel:
+    """A clone of the model whose every model call first waits ``seconds_per_call``: sampling with tiny stand-ins
+    then lasts long enough for a test to interrupt it at a known step (outputs are unchanged)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "seconds_per_call": ("FLOAT", {"default": 0.2, "min": 0.0})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "pace"
+    CATEGORY = "testing"
+
+    def pace(self, model, seconds_per_call):
+        import time
+
+        import comfy.patcher_extension
+
+        def paced(executor, *args, **kwargs):
+            time.sleep(seconds_per_call)
+            return executor(*args, **kwargs)
+
+        paced_model = model.clone()
+        paced_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "refguide_test_pace", paced)
+        return (paced_model,)
+
+
+NODE_CLASS_MAPPINGS["RefGuideTestPacedModel"] = RefGuideTestPacedModel
 NODE_CLASS_MAPPINGS["RefGuideTestInspectModel"] = RefGuideTestInspectModel
 NODE_CLASS_MAPPINGS["RefGuideTestProcessState"] = RefGuideTestProcessState
 NODE_CLASS_MAPPINGS["RefGuideTestEmptyImage"] = RefGuideTestEmptyImage
