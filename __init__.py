@@ -5,4 +5,7 @@ ComfyUI imports this folder as a custom node pack and calls ``comfy_entrypoint``
 
 from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+# Node help pages (web/docs/<node id>.md), served under /extensions/<folder>/docs/ for the front end.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

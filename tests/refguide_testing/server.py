@@ -21,9 +21,10 @@ PACK_LINK_NAME = "comfyui-refguide"
 class ComfyServer:
     """Handle on a running ComfyUI process: HTTP helpers plus the base directory it serves."""
 
-    def __init__(self, comfy_root: Path, base_dir: Path):
+    def __init__(self, comfy_root: Path, base_dir: Path, extra_args: tuple[str, ...] = ()):
         self.comfy_root = Path(comfy_root)
         self.base_dir = Path(base_dir)
+        self.extra_args = list(extra_args)  # more ComfyUI arguments, e.g. ("--front-end-root", path)
         self.log_path = self.base_dir / "server.log"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,7 +42,7 @@ class ComfyServer:
         cmd = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir),
-            "--database-url", "sqlite:///:memory:",
+            "--database-url", "sqlite:///:memory:", *self.extra_args,
         ]  # fmt: skip
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=self.comfy_root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
