@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,33 @@ def test_every_node_has_a_help_page_where_the_front_end_looks(front_ends, object
         for section in ("required", "optional"):
             for input_name in ours[name]["input"].get(section, {}):
                 assert f"`{input_name}`" in text, f"{name}.md does not explain {input_name}"
+
+
+def _first_words(markdown: str, count: int = 4) -> str:
+    """The first words of a help page's first paragraph as the front end renders them (no markdown marks)."""
+    paragraph = next(line for line in markdown.splitlines()[1:] if line.strip())
+    plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", paragraph).replace("*", "").replace("`", "")
+    return " ".join(plain.split()[:count])
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_node_info_panel_renders_the_help_page(front_ends, object_info, front_end):
+    """Select each node of the pack on the canvas, press the selection toolbox's Node Info: the panel shows the page."""
+    fe = front_ends[front_end]
+    names = sorted(
+        k for k, v in object_info.items() if v.get("python_module", "").startswith("custom_nodes.comfyui-refguide")
+    )
+    for name in names:
+        expected = _first_words((REPO / "web" / "docs" / f"{name}.md").read_text())
+        fe.page.evaluate(
+            """(name) => { const app = window.app; app.graph.clear();
+                 const node = window.LiteGraph.createNode(name); node.pos = [300, 200]; app.graph.add(node);
+                 app.canvas.deselectAll && app.canvas.deselectAll(); app.canvas.selectNode(node); app.canvas.setDirty(true, true); }""",
+            name,
+        )
+        fe.page.wait_for_timeout(300)
+        if expected not in fe.page.evaluate("() => document.body.innerText"):
+            fe.page.click('button[aria-label="Node Info"]')
+        fe.page.wait_for_function("(text) => document.body.innerText.includes(text)", arg=expected, timeout=15_000)
+        assert fe.page.evaluate("() => document.querySelectorAll('table').length") >= 1, name
+    assert fe.page_errors == []
