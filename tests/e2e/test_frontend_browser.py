@@ -182,3 +182,22 @@ def test_node_info_panel_renders_the_help_page(front_ends, object_info, front_en
         fe.page.wait_for_function("(text) => document.body.innerText.includes(text)", arg=expected, timeout=15_000)
         assert fe.page.evaluate("() => document.querySelectorAll('table').length") >= 1, name
     assert fe.page_errors == []
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_templates_browser_shows_every_workflow_with_its_thumbnail(front_ends, front_end):
+    fe = front_ends[front_end]
+    page = fe.page
+    page.click('button[aria-label="Templates"]')
+    page.get_by_text("comfyui-refguide", exact=True).first.click()
+    shown = {}
+    for path in WORKFLOWS:
+        image = page.locator(f'[role=dialog] img[alt="{path.stem}"]').first
+        image.scroll_into_view_if_needed(timeout=15_000)
+        page.wait_for_function(
+            "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=15_000
+        )
+        shown[path.stem] = image.evaluate("(img) => [img.naturalWidth, img.naturalHeight]")
+    page.keyboard.press("Escape")
+    assert shown == {path.stem: [512, 288] for path in WORKFLOWS}  # scripts/render_thumbnails.py's JPEGs
+    assert fe.page_errors == []
