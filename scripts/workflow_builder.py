@@ -25,10 +25,10 @@ SVD_XT = {
 }
 
 EASYREF_CHECKPOINT = {
-    # The file name inside the authors' repository is not known here (its files could not be listed), so the url
-    # is the repository itself: the missing-models dialog shows it without a download button. The Qwen2-VL folder
-    # is not a file at all and has no entry (the front end can only download files); the note and the node's
-    # validation message say where to get it.
+    # The file name inside the authors' repository could not be checked here, so the url is the repository page
+    # (the front end's missing-models list shows the name, the folder and this link). The Qwen2-VL folder is not a
+    # file and has no entry (the front end can only download files); the note and the node's validation message
+    # say where to get it.
     "name": "easyref.safetensors",
     "url": "https://huggingface.co/zongzhuofan/EasyRef",
     "directory": "easyref",
@@ -105,9 +105,9 @@ GROUP_OF = {
     "ImageScale": "Sampling",
 }
 
-# Smallest [width, height] at which the front end shows a node type's widgets without clipping (measured with
-# node.computeSize() in the pinned and the newest front end); other types get an estimate from their sockets
-# and widgets. The browser test fails when a node is smaller than the front end needs.
+# Smallest [width, height] per node type, at least what node.computeSize() asks for in the pinned and the newest
+# front end (which otherwise enlarges the node on load and breaks the layout); other types get an estimate from
+# their sockets and widgets. The browser test fails, naming the type and size, when a node is too small.
 MIN_SIZE = {
     "LoadImage": (320, 360),
     "SaveImage": (420, 420),
@@ -152,6 +152,7 @@ class Workflow:
     def __init__(self):
         self.nodes: list[dict] = []
         self.links: list[list] = []
+        self.groups: dict[int, str] = {}  # node id -> group title, where `add(..., group=...)` overrides GROUP_OF
 
     def add(
         self, node_type, pos=None, widgets=(), inputs=None, size=(0, 0), title=None, models=None, group=None
@@ -183,9 +184,8 @@ class Workflow:
         if entries:
             node["properties"]["models"] = [dict(m) for m in entries]
         self.nodes.append(node)
-        self._groups = getattr(self, "_groups", {})
         if group:
-            self._groups[node_id] = group
+            self.groups[node_id] = group
         for name, (source, slot) in (inputs or {}).items():
             self.connect(source, slot, node_id, name)
         return node_id
@@ -206,7 +206,7 @@ class Workflow:
         nodes = [dict(n, pos=list(n["pos"]), size=list(n["size"])) for n in self.nodes]
         for node in nodes:
             node["size"] = list(node_size(node))
-        groups = layout(nodes, self.links, getattr(self, "_groups", {}))
+        groups = layout(nodes, self.links, self.groups)
         return {
             "last_node_id": len(nodes),
             "last_link_id": len(self.links),
