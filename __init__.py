@@ -8,4 +8,7 @@ from .nodes import comfy_entrypoint
 
 register_model_folders()  # models/LLM and models/easyref, before the nodes list their files
 
-__all__ = ["comfy_entrypoint"]
+# Node help pages (web/docs/<node id>.md), served under /extensions/<folder>/docs/ for the front end.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -58,13 +58,17 @@ class LoadEasyRefMLLM(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mllm, checkpoint, dtype):
-        # Replaces ComfyUI's "value not in list" for the two file inputs with a message that says where to
-        # put and download the files.
-        problems = files.missing_model_files(mllm, checkpoint)
-        if dtype not in glue.DTYPES:
-            problems.append(f"dtype must be one of {', '.join(glue.DTYPES)}")
-        return " ".join(problems) if problems else True
+    def validate_inputs(cls, mllm):
+        # Only the Qwen2-VL folder: ComfyUI reports a custom validation message on every input this function takes,
+        # so it takes just the one it checks. The folder replaces ComfyUI's "value not in list" with where to put
+        # and download it (the front end's missing-models dialog cannot download a folder). The checkpoint is a
+        # file: ComfyUI's own list check reports it on `checkpoint`, and the workflows' properties.models give the
+        # front end its download link; dtype is checked by ComfyUI against its list.
+        try:
+            files.resolve_mllm(mllm)
+        except FileNotFoundError as e:
+            return str(e)
+        return True
 
     @classmethod
     def execute(cls, mllm, checkpoint, dtype) -> io.NodeOutput:

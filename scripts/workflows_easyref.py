@@ -20,10 +20,15 @@ MODEL_NOTE = (
     "| file | from | put it in |\n|---|---|---|\n"
     "| `sd_xl_base_1.0.safetensors` | [stabilityai/stable-diffusion-xl-base-1.0]"
     "(https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0) | `models/checkpoints/` |\n"
-    "| the whole Qwen2-VL-2B-Instruct folder | [Qwen/Qwen2-VL-2B-Instruct](https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct) "
+    "| the whole Qwen2-VL-2B-Instruct folder (the missing-models dialog cannot download a folder: get all its files) "
+    "| [Qwen/Qwen2-VL-2B-Instruct](https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct) "
     "| `models/LLM/Qwen2-VL-2B-Instruct/` |\n"
     "| the EasyRef checkpoint (one file, select it in *Load EasyRef MLLM*) | "
     "[zongzhuofan/EasyRef](https://huggingface.co/zongzhuofan/EasyRef) | `models/easyref/` |\n"
+)
+EXAMPLE_INPUTS = (
+    "**Example images:** the pack copies small drawn examples (`easyref_reference_1.png` ... `_3.png`, "
+    "`easyref_structure.png`) into ComfyUI's `input/` folder; upload your own pictures in the *Load Image* nodes.\n\n"
 )
 HOW_IT_CONNECTS = (
     "*Load EasyRef MLLM* loads Qwen2-VL and the EasyRef checkpoint once. *EasyRef Reference Group* nodes collect "
@@ -92,7 +97,9 @@ def multi_reference() -> Workflow:
         "square face crops for identity; add or remove *EasyRef Reference Group* nodes). Write the same prompt in "
         "*Encode Reference Group* and the positive *CLIP Text Encode*.\n\n"
         "Paper settings: 1024x1024, 30 steps, cfg 5, `weight` 1, `lora_strength` 1, negative prompt "
-        f"`{NEGATIVE}`. Lower `weight` (0.6-0.8) when the prompt should win over the references.\n\n" + MODEL_NOTE,
+        f"`{NEGATIVE}`. Lower `weight` (0.6-0.8) when the prompt should win over the references.\n\n"
+        + EXAMPLE_INPUTS
+        + MODEL_NOTE,
         size=(520, 520),
     )
     return wf
@@ -104,7 +111,7 @@ def with_controlnet() -> Workflow:
     ckpt, apply = easyref_front(wf, prompt)
     positive = wf.add("CLIPTextEncode", (820, 300), [prompt], {"clip": (ckpt, 1)}, size=(320, 120))
     negative = wf.add("CLIPTextEncode", (820, 460), [NEGATIVE], {"clip": (ckpt, 1)}, size=(320, 120))
-    structure = wf.add("LoadImage", (1180, 760), [CONTROL_IMAGE, "image"], size=(320, 330))
+    structure = wf.add("LoadImage", (1180, 760), [CONTROL_IMAGE, "image"], size=(320, 330), group="ControlNet")
     edges = wf.add("Canny", (1540, 760), [0.4, 0.8], {"image": (structure, 0)}, size=(300, 100))
     controlnet = wf.add("ControlNetLoader", (1540, 620), [CONTROLNET_CANNY["name"]], size=(320, 80),
                         models=[CONTROLNET_CANNY])  # fmt: skip
@@ -125,6 +132,7 @@ def with_controlnet() -> Workflow:
         "ControlNet the same way). The ControlNet sees only the text prompt, never the reference tokens. "
         "A depth or pose ControlNet works the same way with its own preprocessor. ControlNet strength about 0.5-0.7 "
         "leaves room for the references.\n\n"
+        + EXAMPLE_INPUTS
         + MODEL_NOTE
         + "| `controlnet-canny-sdxl-1.0.safetensors` (the repository's `diffusion_pytorch_model.fp16.safetensors`) "
         "| [diffusers/controlnet-canny-sdxl-1.0](https://huggingface.co/diffusers/controlnet-canny-sdxl-1.0) "
@@ -156,6 +164,7 @@ def with_refdrop() -> Workflow:
         "Prompt Batch*) as the reference for images 2 and 3: EasyRef gives every image the identity of the reference "
         "group, RefDrop (strength 0.3) keeps clothing, colours and style consistent between the generated images. "
         "Raise the RefDrop strength for more consistency, lower EasyRef's `weight` for more prompt freedom.\n\n"
+        + EXAMPLE_INPUTS
         + MODEL_NOTE,
         size=(520, 520),
     )

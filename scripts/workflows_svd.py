@@ -45,7 +45,7 @@ def svd_branch(wf: Workflow, svd_ckpt: int, image, x: int, y: int, refdrop: bool
 def svd_img2vid_with_comparison() -> Workflow:
     wf = Workflow()
     svd = wf.add("ImageOnlyCheckpointLoader", (40, 40), ["svd_xt_1_1.safetensors"], size=(320, 100), models=[SVD_XT])
-    image = wf.add("LoadImage", (40, 200), [INPUT_IMAGE, "image"], size=(320, 360))
+    image = wf.add("LoadImage", (40, 200), [INPUT_IMAGE, "image"], size=(320, 360), group="Start image")
     guided = svd_branch(wf, svd, (image, 0), 400, 40, refdrop=True, seed=1024, prefix="RefDrop_svd")
     plain = svd_branch(wf, svd, (image, 0), 400, 620, refdrop=False, seed=1024, prefix="SVD_plain")
     stitched = wf.add(
@@ -62,8 +62,8 @@ def svd_img2vid_with_comparison() -> Workflow:
         "The lower branch is plain SVD from the same seed; the last node saves both side by side "
         "(left: RefDrop, right: plain). Larger strengths make the video more and more static.\n\n"
         "Settings as in the paper: 1024x576, cfg 2.5 (VideoLinearCFGGuidance from 1.0), 14 frames "
-        "(svd_xt also does 25).\n\n" + SVD_NOTE_MODELS + f"\n\nPut your start image in `input/` and pick it in "
-        f"Load Image (the example expects `{INPUT_IMAGE}`).",
+        "(svd_xt also does 25).\n\n" + SVD_NOTE_MODELS + f"\n\n**Start image:** `{INPUT_IMAGE}` is a small example "
+        "the pack copies into ComfyUI's `input/` folder; upload your own picture in *Load Image* (1024x576 or 16:9).",
     )
     return wf
 

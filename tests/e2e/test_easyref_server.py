@@ -58,6 +58,14 @@ def test_load_image_encode_save(server_with_models):
     assert saved.fingerprint.startswith("sha256:")
 
 
+def _errors_by_input(body) -> dict[str, list[str]]:
+    errors = body["node_errors"]["1"]["errors"]
+    found = {}
+    for error in errors:
+        found.setdefault(error["extra_info"]["input_name"], []).append(f"{error['message']}: {error['details']}")
+    return found
+
+
 def test_missing_model_is_refused_with_download_hint(server_with_models):
     prompt = {
         "1": {"class_type": "LoadEasyRefMLLM", "inputs": {"mllm": "Qwen2-VL-2B-Instruct", "checkpoint": "missing.safetensors", "dtype": "auto"}},
@@ -67,5 +75,16 @@ def test_missing_model_is_refused_with_download_hint(server_with_models):
     }  # fmt: skip
     status, body = server_with_models.submit(prompt)
     assert status == 400
-    text = str(body)
-    assert "missing.safetensors" in text and "zongzhuofan/EasyRef" in text and "easyref" in text
+    by_input = _errors_by_input(body)
+    assert list(by_input) == ["checkpoint"] and len(by_input["checkpoint"]) == 1  # once, on the input it concerns
+    assert "missing.safetensors" in by_input["checkpoint"][0]
+    # The missing Qwen2-VL folder: one message on `mllm` (none on `checkpoint` or `dtype`) with the download link.
+    prompt["1"]["inputs"].update(mllm="Qwen2-VL-7B-Instruct", checkpoint="easyref-tiny.safetensors")
+    status, body = server_with_models.submit(prompt)
+    assert status == 400
+    by_input = _errors_by_input(body)
+    assert list(by_input) == ["mllm"] and len(by_input["mllm"]) == 1
+    assert (
+        "Qwen2-VL-7B-Instruct" in by_input["mllm"][0]
+        and "huggingface.co/Qwen/Qwen2-VL-2B-Instruct" in by_input["mllm"][0]
+    )
