@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 OUT = Path(__file__).resolve().parents[1] / "example_inputs"
 
@@ -65,12 +65,33 @@ def svd_start() -> Image.Image:
     return image.filter(ImageFilter.SMOOTH)
 
 
+def character_with_subject_alpha() -> Image.Image:
+    """The character as one reference picture, its subject painted as the mask editor does: transparent where the
+    subject is (LoadImage's MASK is 1 - alpha, so the subject is white in the mask)."""
+    background = (215, 228, 240)
+    image = character((512, 640), background, 1.2, 0)
+    backdrop = Image.new("RGB", image.size, background)
+    differs = ImageChops.difference(image, backdrop).convert("L").point(lambda v: 255 if v > 12 else 0)
+    subject = differs.filter(ImageFilter.MaxFilter(9))
+    alpha = subject.point(lambda v: 0 if v else 255)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(alpha)
+    return rgba
+
+
+def wan_start() -> Image.Image:
+    """The Wan image-to-video start frame: the SVD landscape at Wan's 16:9."""
+    return svd_start().resize((640, 360), Image.LANCZOS)
+
+
 IMAGES = {
     "easyref_reference_1.png": lambda: character((256, 256), (225, 225, 235), 1.0, 0),
     "easyref_reference_2.png": lambda: character((224, 288), (240, 225, 200), 0.9, -10),
     "easyref_reference_3.png": lambda: character((320, 240), (200, 225, 240), 0.8, 40),
     "easyref_structure.png": structure,
     "refdrop_svd_input.png": svd_start,
+    "refdrop_reference_character.png": character_with_subject_alpha,
+    "refdrop_wan_input.png": wan_start,
 }
 
 

@@ -39,9 +39,35 @@ CONTROLNET_CANNY_SDXL = {
     "directory": "controlnet",
 }
 
+HF = "https://huggingface.co"
+FLUX_FILES = [
+    {"name": "flux1-dev.safetensors", "url": f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+     "directory": "diffusion_models"},
+    {"name": "clip_l.safetensors", "url": f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+     "directory": "text_encoders"},
+    {"name": "t5xxl_fp16.safetensors",
+     "url": f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "directory": "text_encoders"},
+    {"name": "ae.safetensors", "url": f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors",
+     "directory": "vae"},
+]  # fmt: skip
+WAN22 = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+WAN_FILES = [
+    {"name": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+     "url": f"{WAN22}/diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
+    {"name": "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+     "url": f"{WAN22}/diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
+    {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+     "url": f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+            "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders"},
+    {"name": "wan_2.1_vae.safetensors", "url": f"{WAN22}/vae/wan_2.1_vae.safetensors", "directory": "vae"},
+]  # fmt: skip
+
 # Every model file a workflow names in a widget, by file name: the builder attaches the entry to the node's
 # `properties.models` (what the front end's missing-models dialog reads: name, url, directory).
-MODEL_FILES = {entry["name"]: entry for entry in (SDXL_BASE, SVD_XT, EASYREF_CHECKPOINT, CONTROLNET_CANNY_SDXL)}
+MODEL_FILES = {
+    entry["name"]: entry
+    for entry in (SDXL_BASE, SVD_XT, EASYREF_CHECKPOINT, CONTROLNET_CANNY_SDXL, *FLUX_FILES, *WAN_FILES)
+}
 
 # Output sockets of the node types the workflows use: (name, type). Add the types a new workflow uses.
 OUTPUTS = {
