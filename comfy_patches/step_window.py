@@ -9,6 +9,13 @@ def sigma_window(model, start_percent: float, end_percent: float) -> tuple[float
     return float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent))
 
 
+def sigma_range(model, start_percent: float, end_percent: float) -> tuple[float, float] | None:
+    """:func:`sigma_window`, or None for the whole schedule (0 to 1: every call runs, no schedule lookup)."""
+    if start_percent <= 0.0 and end_percent >= 1.0:
+        return None
+    return sigma_window(model, start_percent, end_percent)
+
+
 def in_sigma_window(extra_options: dict, sigma_start: float, sigma_end: float) -> bool:
     """True when this call's sigma lies in [sigma_end, sigma_start] (calls without sigmas always run)."""
     sigmas = extra_options.get("sigmas")

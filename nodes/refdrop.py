@@ -11,8 +11,8 @@ from comfy_api.latest import io
 from ..comfy_patches import model_blocks, model_families, reference_image_patch
 from ..comfy_patches.attention_override import InBatchReferences, patch_dit
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
-from ..comfy_patches.step_window import sigma_window
-from .validation import widget_ranges
+from ..comfy_patches.step_window import sigma_range
+from .validation import check_window, widget_ranges, window_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -58,42 +58,6 @@ def coefficients_for(strength: float, reference_count: int, reference_strengths:
             )
         return values
     return [strength] * reference_count
-
-
-def window_inputs() -> list:
-    """The optional step-window inputs (start_percent / end_percent) of the RefDrop image nodes."""
-    return [
-        io.Float.Input(
-            "start_percent",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.001,
-            optional=True,
-            tooltip="Start guiding at this fraction of the sampling schedule (0 = from the first step, as in the paper).",
-        ),
-        io.Float.Input(
-            "end_percent",
-            default=1.0,
-            min=0.0,
-            max=1.0,
-            step=0.001,
-            optional=True,
-            tooltip="Stop guiding after this fraction of the sampling schedule (1 = to the last step, as in the paper).",
-        ),
-    ]
-
-
-def check_window(start_percent, end_percent) -> None:
-    if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
-        raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
-
-
-def window(model, start_percent: float, end_percent: float) -> tuple[float, float] | None:
-    """The (sigma_start, sigma_end) window, or None for the whole schedule (every step)."""
-    if start_percent <= 0.0 and end_percent >= 1.0:
-        return None
-    return sigma_window(model, start_percent, end_percent)
 
 
 class ApplyRefDrop(io.ComfyNode):
@@ -218,7 +182,9 @@ class ApplyRefDrop(io.ComfyNode):
         if all(c == 0.0 for c in coefficients):
             return io.NodeOutput(model.clone())
         settings = RefDropSettings(
-            tuple(range(reference_count)), tuple(coefficients), sigma_range=window(model, start_percent, end_percent)
+            tuple(range(reference_count)),
+            tuple(coefficients),
+            sigma_range=sigma_range(model, start_percent, end_percent),
         )
         if family.kind == model_families.IMAGE_DIT:
             return io.NodeOutput(patch_dit(model, InBatchReferences(settings), excluded))
@@ -434,15 +400,15 @@ class ApplyRefDropImage(io.ComfyNode):
             if bool((masks >= 0.5).all()):
                 masks = None  # all white: the whole pictures
         guided = tuple(coefficients[i] for i in keep)
-        sigma_range = window(model, start_percent, end_percent)
+        window = sigma_range(model, start_percent, end_percent)
         selected = tuple(keep) if len(keep) < len(coefficients) else None
         if dit:
             patched = reference_image_patch.apply_reference_images_dit(
-                model, latents, guided, seed, excluded, sigma_range, selected
+                model, latents, guided, seed, excluded, window, selected
             )
         else:
             patched = reference_image_patch.apply_reference_images(
-                model, latents, guided, seed, masks, unet_blocks(model, excluded), sigma_range, selected
+                model, latents, guided, seed, masks, unet_blocks(model, excluded), window, selected
             )
         return io.NodeOutput(patched)
 

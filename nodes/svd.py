@@ -7,9 +7,9 @@ from comfy_api.latest import io
 
 from ..comfy_patches import model_blocks, model_families
 from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
-from ..comfy_patches.step_window import sigma_window
+from ..comfy_patches.step_window import sigma_range
 from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
-from .validation import widget_ranges
+from .validation import check_window, widget_ranges, window_inputs, window_problem
 
 WRAPPER_KEY = "refguide_svd_temporal_refdrop"
 
@@ -48,23 +48,9 @@ class SVDTemporalRefDrop(io.ComfyNode):
                     max=4095,
                     tooltip="Which frame of the clip is the reference (0 = the first frame, as in the paper).",
                 ),
-                io.Float.Input(
-                    "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Start guiding at this fraction of the sampling schedule (paper: 0, every step).",
-                ),
-                io.Float.Input(
-                    "end_percent",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Stop guiding after this fraction of the sampling schedule (paper: 1, every step).",
+                *window_inputs(
+                    "Start guiding at this fraction of the sampling schedule (paper: 0, every step).",
+                    "Stop guiding after this fraction of the sampling schedule (paper: 1, every step).",
                 ),
             ],
             outputs=[io.Model.Output(tooltip="The model with temporal RefDrop (a clone; the input is unchanged).")],
@@ -75,21 +61,16 @@ class SVDTemporalRefDrop(io.ComfyNode):
         problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
         if problem:
             return problem
-        if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
-            return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
-        return True
+        return window_problem(start_percent, end_percent) or True
 
     @classmethod
     def execute(cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         model_families.require_family(model, "SVD Temporal RefDrop", (model_families.VIDEO_UNET,))
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
+        check_window(start_percent, end_percent)
         if strength == 0.0:
             return io.NodeOutput(model.clone())
-        sigma_range = None
-        if start_percent > 0.0 or end_percent < 1.0:
-            sigma_range = sigma_window(model, start_percent, end_percent)
-        settings = RefDropSettings((reference_frame,), (strength,), "SVD Temporal RefDrop", sigma_range)
+        window = sigma_range(model, start_percent, end_percent)
+        settings = RefDropSettings((reference_frame,), (strength,), "SVD Temporal RefDrop", window)
         blocks = model_blocks.transformer_blocks(model)
         patched = patch_self_attention(model, settings, blocks, TemporalRefDropAttention)
         patched.add_wrapper_with_key(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..comfy_patches import model_families
-from ..comfy_patches.step_window import sigma_window
+from ..comfy_patches.step_window import sigma_range
 from ..comfy_patches.temporal_refdrop import TemporalRefDropSettings, block_labels, patch_temporal_refdrop
 from .refdrop import parse_block_names
-from .validation import widget_ranges
+from .validation import check_window, widget_ranges, window_inputs, window_problem
 
 NODE_NAME = "Temporal RefDrop"
 
@@ -57,27 +57,11 @@ class TemporalRefDrop(io.ComfyNode):
                         "so an 81-frame video has 21 latent frames (0..20). Must be inside the clip."
                     ),
                 ),
-                io.Float.Input(
-                    "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip=(
-                        "Start guiding at this fraction of the sampling schedule (0 = from the first step). With "
-                        "two experts, each model's node sees the whole schedule: the percents are of the full "
-                        "schedule, not of the expert's part."
-                    ),
-                ),
-                io.Float.Input(
-                    "end_percent",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Stop guiding after this fraction of the sampling schedule (1 = to the last step).",
+                *window_inputs(
+                    "Start guiding at this fraction of the sampling schedule (0 = from the first step). With "
+                    "two experts, each model's node sees the whole schedule: the percents are of the full "
+                    "schedule, not of the expert's part.",
+                    "Stop guiding after this fraction of the sampling schedule (1 = to the last step).",
                 ),
                 io.String.Input(
                     "exclude_blocks",
@@ -98,8 +82,9 @@ class TemporalRefDrop(io.ComfyNode):
         problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
         if problem:
             return problem
-        if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
-            return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
+        problem = window_problem(start_percent, end_percent)
+        if problem:
+            return problem
         if isinstance(exclude_blocks, str):
             malformed = [name for name in parse_block_names(exclude_blocks) if not _is_block_name(name)]
             if malformed:
@@ -111,8 +96,7 @@ class TemporalRefDrop(io.ComfyNode):
         cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0, exclude_blocks=""
     ) -> io.NodeOutput:
         model_families.require_family(model, NODE_NAME, (model_families.VIDEO_DIT,))
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them.")
+        check_window(start_percent, end_percent)
         labels = block_labels(model)
         excluded = parse_block_names(exclude_blocks or "")
         unknown = [name for name in excluded if name not in labels]
@@ -123,9 +107,7 @@ class TemporalRefDrop(io.ComfyNode):
             )
         if strength == 0.0:
             return io.NodeOutput(model.clone())
-        window = None
-        if start_percent > 0.0 or end_percent < 1.0:
-            window = sigma_window(model, start_percent, end_percent)
+        window = sigma_range(model, start_percent, end_percent)
         settings = TemporalRefDropSettings(
             strength=float(strength),
             reference_frame=int(reference_frame),
