@@ -136,6 +136,7 @@ GROUP_OF = {
 # front end (which otherwise enlarges the node on load and breaks the layout); other types get an estimate from
 # their sockets and widgets. The browser test fails, naming the type and size, when a node is too small.
 MIN_SIZE = {
+    "ApplyRefDrop": (340, 250),
     "LoadImage": (320, 360),
     "SaveImage": (420, 420),
     "SaveAnimatedWEBP": (420, 420),

@@ -152,7 +152,9 @@ def with_refdrop() -> Workflow:
     )
     wf = Workflow()
     ckpt, apply = easyref_front(wf, "a woman, photo")
-    refdrop = wf.add("ApplyRefDrop", (820, 300), [0.3, 1, False, "", ""], {"model": (apply, 0)}, size=(320, 200))
+    refdrop = wf.add(
+        "ApplyRefDrop", (820, 300), [0.3, 1, False, "", "", 0.0, 1.0], {"model": (apply, 0)}, size=(320, 200)
+    )
     positive = wf.add("RefDropPromptBatch", (820, 540), [prompts], {"clip": (ckpt, 1)}, size=(320, 160))
     negative = wf.add("CLIPTextEncode", (820, 740), [NEGATIVE], {"clip": (ckpt, 1)}, size=(320, 120))
     sampler_back(wf, ckpt, refdrop, (positive, 0), (negative, 0), 3, 1234, "EasyRef_RefDrop")

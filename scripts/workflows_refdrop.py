@@ -13,7 +13,7 @@ def sdxl_refdrop(prompts: str, refdrop_widgets: list, batch: int, note: str, see
     wf = Workflow()
     ckpt = wf.add("CheckpointLoaderSimple", (40, 120), ["sd_xl_base_1.0.safetensors"], size=(320, 100),
                   models=[SDXL_BASE])  # fmt: skip
-    refdrop = wf.add("ApplyRefDrop", (400, 40), refdrop_widgets, {"model": (ckpt, 0)}, size=(320, 200))
+    refdrop = wf.add("ApplyRefDrop", (400, 40), [*refdrop_widgets, 0.0, 1.0], {"model": (ckpt, 0)}, size=(320, 200))
     positive = wf.add("RefDropPromptBatch", (400, 280), [prompts], {"clip": (ckpt, 1)}, size=(420, 220))
     negative = wf.add("CLIPTextEncode", (400, 540), [NEGATIVE], {"clip": (ckpt, 1)}, size=(420, 120))
     latent = wf.add("EmptyLatentImage", (400, 700), [1024, 1024, batch], size=(320, 110))

@@ -73,7 +73,9 @@ def sdxl_to_svd_pipeline() -> Workflow:
     wf = Workflow()
     sdxl = wf.add("CheckpointLoaderSimple", (40, 40), ["sd_xl_base_1.0.safetensors"], size=(320, 100),
                   models=[SDXL_BASE])  # fmt: skip
-    refdrop = wf.add("ApplyRefDrop", (400, 40), [0.35, 1, False, "", ""], {"model": (sdxl, 0)}, size=(320, 200))
+    refdrop = wf.add(
+        "ApplyRefDrop", (400, 40), [0.35, 1, False, "", "", 0.0, 1.0], {"model": (sdxl, 0)}, size=(320, 200)
+    )
     prompts = (
         "photo of a small robot with round blue eyes and a yellow scarf, standing, plain background\n"
         "photo of a small robot with round blue eyes and a yellow scarf, waving in a sunny park"

@@ -184,15 +184,45 @@ def test_node_info_panel_renders_the_help_page(front_ends, object_info, front_en
     assert fe.page_errors == []
 
 
+# The template grid renders only the cards in view (virtual scrolling): scroll its scrollable boxes to the top
+# (step < 0) or down by ``step`` pixels; returns true once every box is at its end.
+SCROLL_DIALOG = """(step) => {
+  let atEnd = true;
+  for (const el of document.querySelectorAll('[role=dialog] *')) {
+    if (el.scrollHeight > el.clientHeight + 2) {
+      el.scrollTop = step < 0 ? 0 : el.scrollTop + step;
+      el.dispatchEvent(new Event('scroll'));
+      if (el.scrollTop + el.clientHeight < el.scrollHeight - 2) atEnd = false;
+    }
+  }
+  return atEnd;
+}"""
+
+
+def reveal_template(page, name: str):
+    """The card image of template ``name``, scrolled into the rendered part of the grid."""
+    page.evaluate(SCROLL_DIALOG, -1)
+    image = page.locator(f'[role=dialog] img[alt="{name}"]').first
+    for _ in range(60):
+        page.wait_for_timeout(150)
+        if image.count():
+            return image
+        if page.evaluate(SCROLL_DIALOG, 150):
+            page.wait_for_timeout(300)
+            break
+    return image
+
+
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
 def test_templates_browser_shows_every_workflow_with_its_thumbnail(front_ends, front_end):
     fe = front_ends[front_end]
     page = fe.page
     page.click('button[aria-label="Templates"]')
     page.get_by_text("comfyui-refguide", exact=True).first.click()
+    page.locator("[role=dialog] img").first.wait_for(timeout=15_000)
     shown = {}
     for path in WORKFLOWS:
-        image = page.locator(f'[role=dialog] img[alt="{path.stem}"]').first
+        image = reveal_template(page, path.stem)
         image.scroll_into_view_if_needed(timeout=15_000)
         page.wait_for_function(
             "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=15_000
