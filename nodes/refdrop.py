@@ -46,15 +46,20 @@ def parse_block_names(text: str) -> list[str]:
     return names
 
 
-def coefficients_for(strength: float, reference_count: int, reference_strengths: str) -> list[float]:
-    """One c_j per reference: the per-reference list when given (Eq. 6), else `strength` for each (Eq. 5)."""
+def coefficients_for(
+    strength: float, reference_count: int, reference_strengths: str, counted: str | None = None
+) -> list[float]:
+    """One c_j per reference: the per-reference list when given (Eq. 6), else `strength` for each (Eq. 5).
+
+    ``counted`` says where the reference count comes from in the error (default: the reference_count input).
+    """
     if reference_strengths and reference_strengths.strip():
         values = parse_strengths(reference_strengths)
         if len(values) != reference_count:
             raise ValueError(
-                f"reference_strengths has {len(values)} value(s) but reference_count is {reference_count}: give one "
-                f"strength per reference (e.g. '{', '.join(['0.3'] * reference_count)}') or clear the field to use "
-                "`strength` for every reference."
+                f"reference_strengths has {len(values)} value(s) but "
+                f"{counted or f'reference_count is {reference_count}'}: give one strength per reference (e.g. "
+                f"'{', '.join(['0.3'] * reference_count)}') or clear the field to use `strength` for every reference."
             )
         return values
     return [strength] * reference_count
@@ -236,20 +241,6 @@ def check_reference_image_dit(family, mask) -> None:
         )
 
 
-def image_coefficients(strength: float, references: int, reference_strengths: str) -> list[float]:
-    """One c_j per reference image: `reference_strengths` when given (Eq. 6), else `strength` for each."""
-    if reference_strengths and reference_strengths.strip():
-        values = parse_strengths(reference_strengths)
-        if len(values) != references:
-            raise ValueError(
-                f"reference_strengths has {len(values)} value(s) but the `image` batch has {references} reference "
-                f"image(s): give one strength per image (e.g. '{', '.join(['0.3'] * references)}') or clear the "
-                "field to use `strength` for every reference."
-            )
-        return values
-    return [strength] * references
-
-
 class ApplyRefDropImage(io.ComfyNode):
     """RefDrop toward reference pictures (our extension of the paper): Eq. 5/6 with clean reference images."""
 
@@ -381,7 +372,10 @@ class ApplyRefDropImage(io.ComfyNode):
             check_reference_image_dit(family, mask)
         reference_image_patch.check_vae(model, vae)
         reference_image_patch.check_images(image, vae)
-        coefficients = image_coefficients(strength, image.shape[0], reference_strengths or "")
+        references = image.shape[0]
+        coefficients = coefficients_for(
+            strength, references, reference_strengths or "", f"the `image` batch has {references} reference image(s)"
+        )
         excluded = excluded_blocks(model, family, skip_up1, exclude_blocks)
         masks = None
         if mask is not None:
