@@ -84,20 +84,25 @@ install_host() {
   exec 9>&-
 }
 
-# The oldest transformers the pack supports, in a folder put first on PYTHONPATH for a second run of the
-# `mllm`-marked tests (CI checks both ends of the supported range).
+# Pinned transformers releases in folders put first on PYTHONPATH (pip --target, --no-deps): the oldest the pack
+# supports, for a second run of the `mllm`-marked tests (CI checks both ends of the supported range), and one release
+# older, for the bad-input test's "transformers too old" server (REFGUIDE_TRANSFORMERS_TOO_OLD names it).
 OLDEST_PINS="$REPO/scripts/transformers-oldest.txt"
 OLDEST="$CACHE_ROOT/transformers-oldest-$( (echo "$KEY"; cat "$OLDEST_PINS") | sha256sum | cut -c1-16)"
-install_oldest_transformers() {
-  if [[ -f "$OLDEST/.complete" ]]; then
+TOO_OLD_PINS="$REPO/scripts/transformers-too-old.txt"
+TOO_OLD="$CACHE_ROOT/transformers-too-old-$( (echo "$KEY"; cat "$TOO_OLD_PINS") | sha256sum | cut -c1-16)"
+install_pinned_transformers() {  # PINS_FILE TARGET_FOLDER
+  if [[ -f "$2/.complete" ]]; then
     return
   fi
   exec 9>"$CACHE_ROOT/.install.lock"
   flock 9
-  log "installing the oldest supported transformers into $OLDEST"
-  rm -rf "$OLDEST"
-  quiet_pip install --quiet --disable-pip-version-check --no-deps --target "$OLDEST" -r "$OLDEST_PINS"
-  touch "$OLDEST/.complete"
+  if [[ ! -f "$2/.complete" ]]; then
+    log "installing $(grep -v '^#' "$1" | tr '\n' ' ')into $2"
+    rm -rf "$2"
+    quiet_pip install --quiet --disable-pip-version-check --no-deps --target "$2" -r "$1"
+    touch "$2/.complete"
+  fi
   exec 9>&-
 }
 
@@ -223,13 +228,15 @@ case "$cmd" in
     install_browser_deps
     cd "$REPO"
     export COMFYUI_ROOT="$COMFY"
+    install_pinned_transformers "$TOO_OLD_PINS" "$TOO_OLD"
+    export REFGUIDE_TRANSFORMERS_TOO_OLD="$TOO_OLD"
     if [[ $# -gt 1 ]]; then
       run_pytest "${@:2}"
       exit $?
     fi
     # The whole suite: every test with the newest transformers, then the transformers-dependent
     # (`mllm`) tests again with the oldest supported release.
-    install_oldest_transformers
+    install_pinned_transformers "$OLDEST_PINS" "$OLDEST"
     status=0
     log "run 1/2: whole suite ($("$VENV/bin/python" -c 'import transformers; print("transformers", transformers.__version__)'))"
     run_pytest || status=$?

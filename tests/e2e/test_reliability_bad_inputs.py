@@ -1,7 +1,9 @@
 """Bad inputs through a live server: each prompt is answered by a clear message that names the input and says what
 to do (in the validation or the execution error), valid odd inputs run, and the server keeps serving.
 
-The cases and the README table made from them are in ``refguide_testing/bad_inputs.py``.
+The cases and the README table made from them are in ``refguide_testing/bad_inputs.py``. The cases for a too-old
+transformers run on a second server whose PYTHONPATH puts the folder named by REFGUIDE_TRANSFORMERS_TOO_OLD (a real
+transformers 4.49.0 that `bash scripts/host.sh test` installs and names) in front of the host's transformers.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import torch
 from refguide.easyref import embeds as embeds_mod
 from refguide_testing import bad_inputs, tiny_easyref
 from refguide_testing import tiny_qwen2vl as tq
-from refguide_testing.server import ComfyServer
+from refguide_testing.server import TESTS_DIR, ComfyServer
 
 pytestmark = pytest.mark.e2e
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bad-input-table:start -->", "<!-- bad-input-table:end -->"
+
+
+TOO_OLD_VARIABLE = "REFGUIDE_TRANSFORMERS_TOO_OLD"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,32 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def too_old_server(tmp_path_factory):
+    """A server whose Python imports transformers 4.49.0 (one release older than the pack supports)."""
+    folder = os.environ.get(TOO_OLD_VARIABLE, "")
+    if not (Path(folder) / "transformers").is_dir():
+        pytest.fail(
+            f"{TOO_OLD_VARIABLE} must name a folder holding transformers 4.49.0 ({folder!r} does not): run the tests "
+            "through `bash scripts/host.sh test`, which installs it (scripts/transformers-too-old.txt)"
+        )
+    python_path = os.pathsep.join([folder, str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    root, base = Path(os.environ["COMFYUI_ROOT"]), tmp_path_factory.mktemp("bad_inputs_old_transformers")
+    server = ComfyServer(root, base, extra_env={"PYTHONPATH": python_path}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def context(server) -> dict:
+    return make_context(server)
+
+
+@pytest.fixture(scope="module")
+def too_old_context(too_old_server) -> dict:
+    return make_context(too_old_server)
+
+
+def make_context(server: ComfyServer) -> dict:
     """The files the cases name (bad_inputs.FILES), and absolute paths of valid files outside the folders."""
     base, models = server.base_dir, server.base_dir / "models"
     folder, checkpoint = tiny_easyref.make_models_for(str(models), "sdxl_light", name=bad_inputs.CHECKPOINT)
@@ -89,12 +119,21 @@ def answer(server: ComfyServer, prompt: dict, timeout: float = 300.0) -> tuple[s
 
 
 @pytest.mark.parametrize("case", bad_inputs.CASES, ids=lambda case: case.id)
-def test_bad_input_is_answered_clearly(server, context, case):
+def test_bad_input_is_answered_clearly(request, case):
+    names = {"main": ("server", "context"), "transformers-too-old": ("too_old_server", "too_old_context")}
+    server, context = (request.getfixturevalue(name) for name in names[case.server])
     stage, text = answer(server, case.build(context))
     print(f"\n[{case.id}] {stage}: {text}")
     assert stage == case.stage, text
     assert [excerpt for excerpt in case.expect if excerpt not in text] == [], text
     assert server.get_json("/system_stats")["system"]  # still serving
+
+
+def test_the_too_old_server_really_has_transformers_4_49(too_old_server, too_old_context):
+    probe = too_old_server.run_prompt(
+        {"1": {"class_type": "RefGuideTestProcessState", "inputs": {"request_memory": False}}}, timeout=120
+    )
+    assert json.loads(probe["outputs"]["1"]["refguide_state"][0])["transformers"] == "4.49.0"
 
 
 def test_server_still_runs_a_good_prompt(server, context):

@@ -90,6 +90,23 @@ def loaded(patcher):
         mm.unload_all_models()
 
 
+@contextlib.contextmanager
+def loaded_lowvram(patcher):
+    """Loaded the way ComfyUI loads models on --lowvram / --novram servers (``ModelPatcher.patch_model`` with a tiny
+    ``lowvram_model_memory``, as ``load_models_gpu`` passes 0.1 for --novram): every castable layer stays offloaded
+    and casts its weight per call, and the weight patches (the EasyRef LoRA) are applied per call by ComfyUI's
+    ``LowVramPatch`` instead of being merged. On a machine without a GPU the offload and compute devices are both
+    the CPU, but the code path is the one those servers run."""
+    patchers = [patcher, *patcher.get_nested_additional_models()]
+    for each in patchers:
+        each.patch_model(device_to=mm.get_torch_device(), lowvram_model_memory=0.1)
+    try:
+        yield
+    finally:
+        for each in reversed(patchers):
+            each.unpatch_model(device_to=each.offload_device)
+
+
 def inputs(batch, seed=0, size=16):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, size, size, generator=g)
@@ -239,6 +256,30 @@ def test_weight_zero_lora_zero_is_bit_identical(sdxl, easyref):
     with loaded(sdxl):
         b = unet_call(sdxl, x, context, y, [1, 0])
     assert torch.equal(a, b)
+
+
+def test_lowvram_loading_gives_the_full_load_output(sdxl, easyref):
+    """Apply EasyRef (LoRA + decoupled cross-attention) followed by Apply RefDrop, loaded as on --lowvram/--novram:
+    the LoRA goes through ComfyUI's per-call weight functions and the output equals the fully loaded model's."""
+    from refguide.nodes.refdrop import ApplyRefDrop
+
+    easyref_model = apply(sdxl, easyref, make_embeds(easyref, seed=2), weight=0.9, lora_strength=0.8)
+    patched = ApplyRefDrop.execute(easyref_model, 0.4, 1, False).args[0]
+    base_state = {k: v.clone() for k, v in sdxl.model.state_dict().items()}
+    x, context, y = inputs(4, seed=5)
+    with loaded(patched):
+        full = unet_call(patched, x, context, y, [1, 0])
+    with loaded_lowvram(patched):
+        assert patched.model.model_lowvram and patched.model.lowvram_patch_counter == len(patched.patches)
+        low = unet_call(patched, x, context, y, [1, 0])
+        assert all(torch.equal(v, base_state[k]) for k, v in sdxl.model.state_dict().items())  # nothing merged
+    with loaded(sdxl):
+        plain = unet_call(sdxl, x, context, y, [1, 0])
+    torch.testing.assert_close(low, full, rtol=1e-5, atol=1e-5)
+    assert (low - plain).abs().max() > 1e-2  # EasyRef and RefDrop are in the lowvram output
+    assert not patched.model.model_lowvram
+    for key, value in sdxl.model.state_dict().items():  # unpatched afterwards
+        assert torch.equal(value, base_state[key]), key
 
 
 def test_weight_zero_keeps_only_the_lora_and_lora_zero_only_the_branch(sdxl, easyref):

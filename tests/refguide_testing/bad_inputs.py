@@ -6,7 +6,9 @@ execution error) and keeps serving. ``render_table`` writes the README's table f
 (`python3 scripts/bad_input_table.py`; a test checks that the README is current). Cases with ``stage``
 "accepted" are inputs that look odd but are valid: they must run.
 
-The files the cases name are made by the test's fixture (``FILES``).
+The files the cases name are made by the test's fixture (``FILES``). Cases with ``server`` "transformers-too-old"
+run on a second server whose PYTHONPATH puts a real transformers 4.49.0 (one release older than the pack supports)
+first; ``scripts/host.sh`` installs it (pins in ``scripts/transformers-too-old.txt``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Case:
     stage: str  # "validation" (refused when queued), "execution" (the prompt fails) or "accepted" (it runs)
     expect: tuple[str, ...]  # verbatim excerpts of the message (none for accepted cases)
     build: Callable[[dict], dict]  # context (paths) -> API prompt
+    server: str = "main"  # "main", or "transformers-too-old": a server whose Python finds transformers 4.49.0 first
 
 
 # ---- prompt pieces ------------------------------------------------------------------------------------------
@@ -285,6 +288,11 @@ CASES: list[Case] = [
          ("filename_prefix '../../escape' would save outside the output folder: use a name relative to it, such as 'easyref/embeds'",), lambda c: _save_embeds("../../escape")),
     Case("prefix-absolute", "Save EasyRef Embeds", "`filename_prefix` '/tmp/escape'", "validation",
          ("filename_prefix '/tmp/escape' would save outside the output folder",), lambda c: _save_embeds("/tmp/escape")),
+    # ---- environment ----
+    Case("transformers-too-old", "Load EasyRef MLLM", "transformers 4.49.0 in ComfyUI's Python (the pack needs 4.50 or newer)", "execution",
+         ("EasyRef needs transformers >= 4.50 for Qwen2-VL; transformers 4.49.0 is installed.", 'Update it in ComfyUI\'s Python environment: pip install -U "transformers>=4.50"'), lambda c: _load_mllm(), server="transformers-too-old"),
+    Case("transformers-too-old-refdrop", "Apply RefDrop", "the same transformers 4.49.0 server: the nodes that do not need transformers", "accepted",
+         (), lambda c: good_prompt(), server="transformers-too-old"),
 ]  # fmt: skip
 
 

@@ -315,7 +315,8 @@ class RefGuideTestInspectModel:
 
 class RefGuideTestProcessState:
     """Test probe: ComfyUI's loaded models (before and after ComfyUI asks the compute device for all its memory,
-    when ``request_memory``) and the live objects of the pack and of transformers' models, after gc."""
+    when ``request_memory``), the live objects of the pack and of transformers' models after gc, and the version of
+    transformers the server imports."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -349,7 +350,10 @@ class RefGuideTestProcessState:
             for obj in gc.get_objects()
             if _is_pack(obj) or (isinstance(obj, torch.nn.Module) and _module_of(obj).startswith("transformers."))
         )
+        import transformers
+
         report = {"loaded_before": before, "loaded_after": after, "live_objects": dict(live)}
+        report["transformers"] = transformers.__version__  # the release this server's Python imports
         return {"ui": {"refguide_state": [json.dumps(report)]}}
 
 
