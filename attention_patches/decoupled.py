@@ -60,17 +60,22 @@ def reference_attention(
     return attention(folded, keys, values).reshape(rows, tokens, -1)
 
 
-def mask_for_tokens(mask: torch.Tensor, rows_per_chunk: int, grid: tuple[int, int]) -> torch.Tensor:
+def mask_for_tokens(
+    mask: torch.Tensor, rows_per_chunk: int, grid: tuple[int, int], leading_rows: int = 0
+) -> torch.Tensor:
     """A (rows_per_chunk, h*w, 1) gate in [0, 1] from a ComfyUI MASK (Bm, H, W), averaged onto the token grid.
 
     Area averaging gives every token the fraction of its patch the mask covers. Mask batch row i gates image i of
-    the latent batch; a shorter mask batch is repeated (as ComfyUI repeats conditioning masks).
+    the latent batch; a shorter mask batch is repeated (as ComfyUI repeats conditioning masks). ``leading_rows``
+    rows in front of each chunk are not images of the latent batch (reference pictures that another patch put
+    there, conditioned like the chunk's first image): they take the first image's gate.
     """
     if mask.dim() == 2:
         mask = mask.unsqueeze(0)
     height, width = grid
     resized = F.interpolate(mask.unsqueeze(1).float(), size=(height, width), mode="area").clamp_(0.0, 1.0)
-    index = torch.arange(rows_per_chunk, device=resized.device) % resized.shape[0]
+    images = torch.arange(rows_per_chunk, device=resized.device) - leading_rows
+    index = images.clamp_(min=0) % resized.shape[0]
     return resized[index].reshape(rows_per_chunk, height * width, 1)
 
 

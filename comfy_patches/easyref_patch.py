@@ -29,6 +29,7 @@ import torch
 
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
 from .attention_calls import FallbackNotice, plain_attention
+from .reference_rows import REFERENCE_ROWS_KEY
 from .step_window import in_sigma_window
 
 ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window
@@ -115,7 +116,9 @@ class EasyRefBranch:
             if grid is None:
                 self.notice.report(f"the mask could not be matched to {q.shape[1]} attention tokens")
                 return torch.zeros_like(out)
-            token_mask = mask_for_tokens(self.mask.to(q.device), q.shape[0] // len(kinds), grid)
+            # Reference-image rows in front of each chunk (reference_rows.py) are not images of the latent batch.
+            leading = int(extra_options.get(REFERENCE_ROWS_KEY) or 0)
+            token_mask = mask_for_tokens(self.mask.to(q.device), q.shape[0] // len(kinds), grid, leading)
 
         def attention(query, key, value):
             return plain_attention(query, key, value, extra_options)

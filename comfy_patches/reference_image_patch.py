@@ -75,8 +75,10 @@ def apply_reference_images(
     ``selected`` are the references that guide (one coefficient each; None = all of ``latents``).
     """
     settings = _settings(model, coefficients, sigma_range)
+    blocks = list(blocks)
     patched = patch_self_attention(model, settings, blocks, ReferenceImageAttention)
-    return _with_reference_rows(patched, ReferenceRows(latents, seed, masks, sigma_range, selected))
+    keys = tuple(key for block in blocks for key in block.keys())
+    return _with_reference_rows(patched, ReferenceRows(latents, seed, masks, sigma_range, selected, keys))
 
 
 def apply_reference_images_dit(

@@ -19,7 +19,7 @@ import comfy.sample
 import comfy.utils
 import torch
 
-from .attention_calls import FallbackNotice
+from .attention_calls import FallbackNotice, plain_attention
 from .step_window import in_sigma_window
 
 REFERENCE_ROWS_KEY = "refguide_reference_rows"  # int: extra reference rows in front of every guidance chunk
@@ -58,6 +58,60 @@ def extend_rows(tensor: torch.Tensor, chunks: int, extra: torch.Tensor | int) ->
 def strip_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
     """The inverse of :func:`extend_rows`: drop the first ``extra`` rows of each chunk."""
     return tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))[:, extra:].flatten(0, 1)
+
+
+def leading_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
+    """The first ``extra`` rows of each chunk (the rows :func:`extend_rows` put in front)."""
+    return tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))[:, :extra].flatten(0, 1)
+
+
+def knows_reference_rows(patch) -> bool:
+    """True for the pack's attn1 patches, which read ``REFERENCE_ROWS_KEY`` themselves."""
+    return bool(getattr(patch, "knows_reference_rows", False))
+
+
+class WithoutReferenceRows:
+    """Another node's attn1 replace, called on the latent batch's own rows only.
+
+    Patches such as ComfyUI's Self-Attention Guidance index rows per guidance chunk (``q.shape[0] //
+    len(cond_or_uncond)``) and would mistake the reference rows for images. This adapter hands such a patch the
+    batch as it is without reference images (rows, ``activations_shape`` and ``REFERENCE_ROWS_KEY`` 0) and runs
+    the reference rows as plain self-attention. Made per call; it holds nothing between calls.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, q, k, v, extra_options):
+        extra = int(extra_options.get(REFERENCE_ROWS_KEY) or 0)
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
+        rows = q.shape[0]
+        if not extra or rows % chunks or rows // chunks <= extra or k.shape[0] != rows or v.shape[0] != rows:
+            return self.inner(q, k, v, extra_options)
+        options = dict(extra_options)
+        options[REFERENCE_ROWS_KEY] = 0
+        options[REFERENCE_MASKS_KEY] = None
+        if options.get("activations_shape") is not None:
+            options["activations_shape"] = [rows - chunks * extra, *options["activations_shape"][1:]]
+        own = self.inner(strip_rows(q, chunks, extra), strip_rows(k, chunks, extra), strip_rows(v, chunks, extra),
+                         options)  # fmt: skip
+        references = plain_attention(
+            leading_rows(q, chunks, extra), leading_rows(k, chunks, extra), leading_rows(v, chunks, extra),
+            extra_options,
+        )  # fmt: skip
+        return extend_rows(own, chunks, references.unflatten(0, (chunks, extra)))
+
+
+def hide_reference_rows(patches_replace: dict) -> dict:
+    """A per-call copy of ``patches_replace`` with every other node's attn1 replace in :class:`WithoutReferenceRows`
+    (the model's own options are not touched)."""
+    attn1 = patches_replace.get("attn1")
+    if not attn1 or all(knows_reference_rows(patch) for patch in attn1.values()):
+        return patches_replace
+    wrapped = {
+        key: patch if knows_reference_rows(patch) else WithoutReferenceRows(patch) for key, patch in attn1.items()
+    }
+    return {**patches_replace, "attn1": wrapped}
 
 
 def _extend_cond(value, rows: int, chunks: int, extra: int):
@@ -115,14 +169,21 @@ class ReferenceRows:
         masks: torch.Tensor | None,
         sigma_range=None,
         selected: tuple[int, ...] | None = None,
+        attn1_keys: tuple = (),
     ):
         self.latents = latents
+        self.attn1_keys = tuple(attn1_keys)  # the attn1 replace keys of the node's own patches (UNets)
         self.selected = list(selected) if selected is not None else None
         self.seed = int(seed)
         self.masks = masks
         self.sigma_range = sigma_range
         self.notice = FallbackNotice(
             "Apply RefDrop (Reference Image)", "such model calls run without the reference images (reported once)."
+        )
+        self.replaced_notice = FallbackNotice(
+            "Apply RefDrop (Reference Image)",
+            "those layers run without the reference images (reported once). Apply that node before Apply RefDrop "
+            "(Reference Image) to keep both: the pack's patch then calls it.",
         )
         self._by_size: dict = {}  # (h, w, device, dtype) -> (process_latent_in(z), eps, masks cropped for the size)
 
@@ -185,8 +246,22 @@ class ReferenceRows:
         options = dict(transformer_options)
         options[REFERENCE_ROWS_KEY] = extra
         options[REFERENCE_MASKS_KEY] = masks
+        self.check_own_patches(options.get("patches_replace"))
+        if options.get("patches_replace"):
+            options["patches_replace"] = hide_reference_rows(options["patches_replace"])
         out = executor(x, t, c_concat, c_crossattn, control, options, **kw)
         return strip_rows(out, chunks, extra)
+
+    def check_own_patches(self, patches_replace: dict | None) -> None:
+        """Warn once when a node applied later replaced (did not chain) the node's own attn1 patches."""
+        attn1 = (patches_replace or {}).get("attn1") or {}
+        replaced = [key for key in self.attn1_keys if not knows_reference_rows(attn1.get(key))]
+        if replaced:
+            names = ", ".join(" ".join(str(part) for part in key) for key in replaced[:4])
+            self.replaced_notice.report(
+                f"a node applied after it (e.g. Self-Attention Guidance) replaced its self-attention patch on "
+                f"{len(replaced)} layer(s) ({names})"
+            )
 
     def __deepcopy__(self, memo):
         return self

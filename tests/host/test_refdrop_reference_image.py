@@ -257,6 +257,7 @@ def test_masks_at_the_model_call_follow_the_reference_crop(sdxl, vae):
             seen["masks"] = extra_options[REFERENCE_MASKS_KEY]
         return plain_attention(q, k, v, extra_options)
 
+    record.knows_reference_rows = True  # sees the reference rows and masks, as the pack's own patches do
     image = picture(height=64, width=128)  # 2:1 picture, latent 8 x 16
     mask = torch.zeros(1, 64, 128)
     mask[:, :, 80:] = 1.0  # subject at the right, inside the centre square (pixels 32..96) from 80 on
@@ -390,3 +391,75 @@ def test_controlnet_on_the_same_model_still_runs(sdxl, vae):
     plain = sample(sdxl, positive=positive, steps=2)
     guided = sample(apply_image(sdxl, vae, picture()), positive=positive, steps=2)
     assert torch.isfinite(guided).all() and (guided - plain).abs().mean() > 1e-4
+
+
+# ---- other nodes' self-attention patches never see the reference rows ---------------------------------------
+
+
+class RowRecorder:
+    """Another node's attn1 replace (as Self-Attention Guidance registers one): plain attention, recording what it
+    was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, q, k, v, extra_options):
+        self.calls.append((q.shape[0], list(extra_options["activations_shape"]), extra_options.get(REFERENCE_ROWS_KEY)))
+        return plain_attention(q, k, v, extra_options)
+
+
+@pytest.mark.parametrize("foreign_first", [True, False])
+def test_another_nodes_attn1_patch_sees_only_the_latent_batch(sdxl, vae, foreign_first):
+    """Before the node (chained inside its patch) or after it (replacing its patch on that layer): the other patch
+    gets the latent batch's rows, and a plain-attention patch leaves the call's output exactly as without it."""
+    order, per_chunk, sigma = [1, 0], 2, 4.0
+    x, context, y = inputs(per_chunk * len(order), seed=3)
+    image = picture(2)
+    recorder = RowRecorder()
+    if foreign_first:
+        foreign = sdxl.clone()
+        for index in (0, 1):  # both transformer blocks of output block 1 (depth 2)
+            foreign.set_model_attn1_replace(recorder, "output", 1, index)
+        patched = apply_image(foreign, vae, image, reference_strengths="0.3, 0.2")
+        assert (
+            patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 1, 0)].inner is recorder
+        )
+    else:
+        patched = apply_image(sdxl, vae, image, reference_strengths="0.3, 0.2").clone()
+        for index in (0, 1):
+            patched.set_model_attn1_replace(recorder, "output", 1, index)
+    out = model_call(patched, x, sigma, context, y, order)
+    assert len(recorder.calls) == 2 and all(call[0] == per_chunk * len(order) for call in recorder.calls)
+    assert all(call[1][0] == per_chunk * len(order) and not call[2] for call in recorder.calls)
+    if not foreign_first:  # the model's options still hold the other node's own object (wrapped per call only)
+        assert patched.model_options["transformer_options"]["patches_replace"]["attn1"][("output", 1, 0)] is recorder
+
+    # the same model without the other patch; when the other patch replaced the node's own patch on that layer,
+    # that layer runs without the reference image (as ComfyUI's replace means), so compare with that layer excluded
+    plain = apply_image(
+        sdxl, vae, image, reference_strengths="0.3, 0.2", exclude_blocks="" if foreign_first else "output 1"
+    )
+    torch.testing.assert_close(out, model_call(plain, x, sigma, context, y, order), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sag_first", [True, False])
+def test_self_attention_guidance_samples_with_reference_images(sdxl, vae, sag_first, caplog):
+    """ComfyUI's Self-Attention Guidance (records the uncond chunk's middle-block attention and reshapes it by the
+    latent batch size) works in either order; applied after, it replaces one layer's patch, which is reported."""
+    from comfy_extras.nodes_sag import SelfAttentionGuidance
+
+    def sag(model):
+        return SelfAttentionGuidance.execute(model, 0.5, 2.0).args[0]
+
+    image = picture(1)
+    plain_sag = sample(sag(sdxl))
+    reference_only = sample(apply_image(sdxl, vae, image))
+    both = sag(apply_image(sdxl, vae, image)) if not sag_first else apply_image(sag(sdxl), vae, image)
+    with caplog.at_level("WARNING"):
+        out = sample(both)
+    assert torch.isfinite(out).all()
+    assert (out - plain_sag).abs().max() > 1e-3 and (out - reference_only).abs().max() > 1e-3
+    replaced = [
+        r for r in caplog.records if "replaced its self-attention patch on 1 layer(s) (middle 0 0)" in r.message
+    ]
+    assert len(replaced) == (0 if sag_first else 1)

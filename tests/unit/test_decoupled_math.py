@@ -110,3 +110,12 @@ def test_mask_gates_the_reference_term_of_every_chunk(order):
     got = decoupled_reference_term(q, ref_k, ref_v, tuple(order), 0.8, direct_attention, gate)
     torch.testing.assert_close(got, expected(q, ref_k, ref_v, order, 0.8, gate), rtol=1e-12, atol=1e-12)
     assert gate.min() > 0 and gate.max() < 1
+
+
+def test_mask_rows_in_front_of_a_chunk_take_the_first_images_gate():
+    masks = torch.stack([torch.full((8, 8), 0.25), torch.full((8, 8), 0.5), torch.full((8, 8), 1.0)])
+    gate = mask_for_tokens(masks, rows_per_chunk=5, grid=(2, 2), leading_rows=2)
+    assert gate.shape == (5, 4, 1)
+    assert gate[:, 0, 0].tolist() == [0.25, 0.25, 0.25, 0.5, 1.0]  # two reference rows, then images 0, 1, 2
+    plain = mask_for_tokens(masks, rows_per_chunk=4, grid=(2, 2))
+    assert plain[:, 0, 0].tolist() == [0.25, 0.5, 1.0, 0.25]  # no leading rows: row i is image i (repeated)
