@@ -8,7 +8,7 @@ from ..attention_patches.layout import ChunkLayout, chunk_layout
 from ..attention_patches.rfg import reference_feature_guidance_
 from .attention_calls import FallbackNotice, feature_map_tokens, plain_attention
 from .model_blocks import existing_replace
-from .reference_rows import REFERENCE_ROWS_KEY, WithoutReferenceRows, knows_reference_rows
+from .reference_rows import REFERENCE_ROWS_KEY, row_safe
 from .step_window import in_sigma_window
 
 
@@ -44,7 +44,7 @@ class RefDropAttention:
     ``inner`` is whatever replace patch was registered for this block before (SAG's middle-block patch, for
     instance): it computes Attn(Q_i, K_i, V_i) for the whole batch, so it still sees what it expects; with
     reference-image rows in the batch, another node's patch sees the latent batch's own rows only
-    (``reference_rows.WithoutReferenceRows``). Nothing is stored between calls.
+    (``reference_rows.row_safe``). Nothing is stored between calls.
     """
 
     knows_reference_rows = True  # reads REFERENCE_ROWS_KEY itself (reference_rows.hide_reference_rows)
@@ -55,12 +55,7 @@ class RefDropAttention:
         self.inner = inner
 
     def __call__(self, q, k, v, extra_options):
-        if self.inner is None:
-            inner = plain_attention
-        elif knows_reference_rows(self.inner) or not extra_options.get(REFERENCE_ROWS_KEY):
-            inner = self.inner
-        else:
-            inner = WithoutReferenceRows(self.inner)
+        inner = plain_attention if self.inner is None else row_safe(self.inner)
         out = inner(q, k, v, extra_options)
         if not self.settings.active_at(extra_options):
             return out

@@ -55,14 +55,15 @@ def extend_rows(tensor: torch.Tensor, chunks: int, extra: torch.Tensor | int) ->
     return torch.cat(parts)
 
 
+def split_rows(tensor: torch.Tensor, chunks: int, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`extend_rows`: (the first ``extra`` rows of each chunk, the chunks' own rows)."""
+    grouped = tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))
+    return grouped[:, :extra].flatten(0, 1), grouped[:, extra:].flatten(0, 1)
+
+
 def strip_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
-    """The inverse of :func:`extend_rows`: drop the first ``extra`` rows of each chunk."""
-    return tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))[:, extra:].flatten(0, 1)
-
-
-def leading_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
-    """The first ``extra`` rows of each chunk (the rows :func:`extend_rows` put in front)."""
-    return tensor.unflatten(0, (chunks, tensor.shape[0] // chunks))[:, :extra].flatten(0, 1)
+    """Drop the first ``extra`` rows of each chunk (the model output without the reference rows)."""
+    return split_rows(tensor, chunks, extra)[1]
 
 
 def knows_reference_rows(patch) -> bool:
@@ -93,25 +94,24 @@ class WithoutReferenceRows:
         options[REFERENCE_MASKS_KEY] = None
         if options.get("activations_shape") is not None:
             options["activations_shape"] = [rows - chunks * extra, *options["activations_shape"][1:]]
-        own = self.inner(strip_rows(q, chunks, extra), strip_rows(k, chunks, extra), strip_rows(v, chunks, extra),
-                         options)  # fmt: skip
-        references = plain_attention(
-            leading_rows(q, chunks, extra), leading_rows(k, chunks, extra), leading_rows(v, chunks, extra),
-            extra_options,
-        )  # fmt: skip
+        (q_ref, q_own), (k_ref, k_own), (v_ref, v_own) = (split_rows(t, chunks, extra) for t in (q, k, v))
+        own = self.inner(q_own, k_own, v_own, options)
+        references = plain_attention(q_ref, k_ref, v_ref, extra_options)
         return extend_rows(own, chunks, references.unflatten(0, (chunks, extra)))
 
 
+def row_safe(patch):
+    """``patch`` itself when it reads the reference rows (the pack's own), else in :class:`WithoutReferenceRows`."""
+    return patch if knows_reference_rows(patch) else WithoutReferenceRows(patch)
+
+
 def hide_reference_rows(patches_replace: dict) -> dict:
-    """A per-call copy of ``patches_replace`` with every other node's attn1 replace in :class:`WithoutReferenceRows`
-    (the model's own options are not touched)."""
+    """A per-call copy of ``patches_replace`` with every other node's attn1 replace made :func:`row_safe` (the
+    model's own options are not touched)."""
     attn1 = patches_replace.get("attn1")
     if not attn1 or all(knows_reference_rows(patch) for patch in attn1.values()):
         return patches_replace
-    wrapped = {
-        key: patch if knows_reference_rows(patch) else WithoutReferenceRows(patch) for key, patch in attn1.items()
-    }
-    return {**patches_replace, "attn1": wrapped}
+    return {**patches_replace, "attn1": {key: row_safe(patch) for key, patch in attn1.items()}}
 
 
 def _extend_cond(value, rows: int, chunks: int, extra: int):

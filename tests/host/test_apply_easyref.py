@@ -701,9 +701,8 @@ def test_per_image_masks_skip_the_reference_image_rows(sdxl, easyref):
     """Apply EasyRef with one mask per image, then Apply RefDrop (Reference Image): the reference picture's rows in
     front of each chunk take the first image's mask (they are conditioned like it) and image i keeps mask i, i.e.
     the call equals in-batch RefDrop on [x_ref, images] with masks [m0, m0, m1] and the first row's conditioning."""
-    import comfy.patcher_extension
-    import comfy.utils
     from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
+    from refguide_testing.model_calls import in_front, model_call, noised_references, own_rows
 
     vae, sigma, order, size = tiny_models.tiny_vae(), 4.0, [1, 0], (16, 16)
     image = torch.linspace(0, 1, 96 * 128 * 3).reshape(1, 96, 128, 3)
@@ -712,30 +711,15 @@ def test_per_image_masks_skip_the_reference_image_rows(sdxl, easyref):
     masks[1, :, :16] = 1.0  # image 1: left quarter
     embeds = make_embeds(easyref, seed=8)
 
-    def call(patcher, x, context, y):
-        options = dict(patcher.model_options.get("transformer_options", {}))
-        options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
-        options["cond_or_uncond"] = list(order)
-        options["sigmas"] = torch.full((x.shape[0] // len(order),), sigma)
-        with torch.no_grad():
-            return patcher.model.apply_model(x, torch.full((x.shape[0],), sigma), c_crossattn=context, y=y,
-                                             transformer_options=options)  # fmt: skip
-
-    def in_front(tensor, extra):
-        chunks = tensor.unflatten(0, (len(order), -1))
-        extra = chunks[:, :1] if extra is None else extra.unsqueeze(0).expand(len(order), *extra.shape)
-        return torch.cat([extra, chunks], 1).flatten(0, 1)
-
     x, context, y = inputs(4, seed=9, size=size[0])
     masked = apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.6, attn_mask=masks)
-    got = call(ApplyRefDropImage.execute(masked, vae, image, 0.4, 5, False).args[0], x, context, y)
+    got = model_call(ApplyRefDropImage.execute(masked, vae, image, 0.4, 5, False).args[0], x, sigma, context, y, order)
 
-    latent = comfy.utils.common_upscale(vae.encode(image), size[1], size[0], "bilinear", "center")
-    sampling = sdxl.model.model_sampling
-    x_ref = sampling.noise_scaling(torch.full((1,), sigma), comfy.sample.prepare_noise(latent, 5),
-                                   sdxl.model.process_latent_in(latent))  # fmt: skip
+    x_ref = noised_references(sdxl, vae, image, size, sigma, seed=5)
     in_batch = apply(sdxl, easyref, embeds, weight=1.0, lora_strength=0.6, attn_mask=masks[[0, 0, 1]])
     in_batch = ApplyRefDrop.execute(in_batch, 0.4, 1, False).args[0]
-    want = call(in_batch, in_front(x, x_ref), in_front(context, None), in_front(y, None))
-    want = want.unflatten(0, (len(order), -1))[:, 1:].flatten(0, 1)
+    chunks = len(order)
+    want = model_call(in_batch, in_front(x, chunks, x_ref), sigma, in_front(context, chunks, 1),
+                      in_front(y, chunks, 1), order)  # fmt: skip
+    want = own_rows(want, chunks, 1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

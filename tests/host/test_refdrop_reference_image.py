@@ -12,7 +12,8 @@ from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettin
 from refguide.comfy_patches.reference_image_patch import ReferenceImageAttention
 from refguide.comfy_patches.reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY
 from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
-from refguide_testing import reference, tiny_models
+from refguide_testing import model_calls, reference, tiny_models
+from refguide_testing.model_calls import in_front, model_call, own_rows
 
 CONTEXT = 2048
 SEED = 123
@@ -46,18 +47,6 @@ def apply_inbatch(model, strength=0.3, reference_count=1, reference_strengths=""
     return ApplyRefDrop.execute(model, strength, reference_count, False, reference_strengths, "").args[0]
 
 
-def model_call(patcher, x, sigma, context, y, cond_or_uncond, control=None):
-    """One model call as ComfyUI's sampler makes it (_calc_cond_batch -> apply_model), wrappers included."""
-    options = dict(patcher.model_options.get("transformer_options", {}))
-    options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
-    options["cond_or_uncond"] = list(cond_or_uncond)
-    per_chunk = x.shape[0] // len(cond_or_uncond)
-    options["sigmas"] = torch.full((per_chunk,), sigma)
-    t = torch.full((x.shape[0],), sigma)
-    with torch.no_grad():
-        return patcher.model.apply_model(x, t, c_crossattn=context, control=control, y=y, transformer_options=options)
-
-
 def inputs(rows, seed=0, size=(16, 24)):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, 4, *size, generator=g) * 3
@@ -67,27 +56,7 @@ def inputs(rows, seed=0, size=(16, 24)):
 
 
 def noised_references(model, vae, image, size, sigma, seed=SEED):
-    """x_ref written out from the issue: VAE Encode, common_upscale, prepare_noise, noise_scaling."""
-    latent = vae.encode(image)
-    z = comfy.utils.common_upscale(latent, size[1], size[0], "bilinear", "center")
-    eps = comfy.sample.prepare_noise(z, seed)
-    sampling = model.model.model_sampling
-    return sampling.noise_scaling(torch.full((z.shape[0],), sigma), eps, model.model.process_latent_in(z))
-
-
-def in_front(tensor, chunks, extra_rows):
-    """``extra_rows`` (E, ...) or an int (E copies of each chunk's first row) in front of every chunk."""
-    per = tensor.shape[0] // chunks
-    parts = []
-    for chunk in range(chunks):
-        own = tensor[chunk * per : (chunk + 1) * per]
-        parts += [own[:1].repeat(extra_rows, *[1] * (own.ndim - 1)) if isinstance(extra_rows, int) else extra_rows, own]
-    return torch.cat(parts)
-
-
-def own_rows(tensor, chunks, extra):
-    per = tensor.shape[0] // chunks
-    return torch.cat([tensor[c * per + extra : (c + 1) * per] for c in range(chunks)])
+    return model_calls.noised_references(model, vae, image, size, sigma, seed)
 
 
 # ---- one model call: the issue's definition, computed independently -------------------------------------
