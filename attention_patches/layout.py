@@ -10,9 +10,12 @@ counts its references among the latent batch's own images does not see them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .guidance import GuidanceGroup, Reference, Span
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,37 @@ def chunk_layout(
     return ChunkLayout(chunk_count, batch_rows // chunk_count, shifted, leading_rows)
 
 
-def chunk_rows(x: torch.Tensor, layout: ChunkLayout, start: int, stop: int) -> torch.Tensor:
-    """A view of rows [start, stop) of every chunk of ``x`` (B, N, C), folded to (chunks, (stop-start)*N, C).
+def in_batch_groups(
+    layout: ChunkLayout,
+    coefficients: Sequence[float],
+    selections: Sequence[torch.Tensor | None] | None = None,
+    regions: Sequence[torch.Tensor | None] | None = None,
+) -> list[GuidanceGroup]:
+    """RefDrop's references of each guidance chunk (Eq. 5 / Eq. 6): guided rows of chunk k <- its reference rows.
 
-    Attention treats every query independently, so folding several rows' tokens into one sequence that
-    attends to the same keys computes exactly the per-row attention, without expanding K/V.
+    One group per chunk and contiguous run of guided rows; ``layout.reference_rows`` pair with ``coefficients``
+    (and, when given, with ``selections``: subject token indices, and ``regions``: guided-token booleans, see
+    :class:`~.guidance.Reference`). Zero coefficients are dropped; reference and leading rows are not guided.
+    [] when every coefficient is 0.
     """
-    tokens, width = x.shape[1], x.shape[2]
-    per_chunk = x.view(layout.chunks, layout.rows_per_chunk * tokens, width)
-    return per_chunk[:, start * tokens : stop * tokens]
+    count = len(layout.reference_rows)
+    if len(coefficients) != count:
+        raise ValueError(f"{len(coefficients)} coefficients for {count} references")
+    selections = [None] * count if selections is None else list(selections)
+    regions = [None] * count if regions is None else list(regions)
+    if len(selections) != count or len(regions) != count:
+        raise ValueError(f"{len(selections)} selections / {len(regions)} regions for {count} references")
+    groups = []
+    for chunk in range(layout.chunks):
+        base = chunk * layout.rows_per_chunk
+        references = tuple(
+            Reference(Span(base + row), float(c), selection, region)
+            for row, c, selection, region in zip(layout.reference_rows, coefficients, selections, regions, strict=True)
+            if c != 0.0
+        )
+        if references:
+            groups.extend(
+                GuidanceGroup(Span(base + start, rows=stop - start), references)
+                for start, stop in layout.guided_segments
+            )
+    return groups

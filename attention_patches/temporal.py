@@ -13,15 +13,15 @@ the formula is the identity). Every row is its own clip with its own reference f
 (cond_or_uncond) need no bookkeeping.
 
 This module is the *policy* (which tokens are guided toward which); the blend itself is the one shared
-implementation, :func:`..guidance.apply_guidance_`. Cost: the guided queries attend to one frame's keys, about
-1/frames of the full attention. K_r and V_r are views (no copies); the frames before and after r are two
-contiguous runs of tokens, each one term spanning all rows, i.e. one attention call over the whole row batch
-(one call in all when r is the first or the last frame).
+implementation, :func:`..guidance.reference_feature_guidance_`. Cost: the guided queries attend to one frame's
+keys, about 1/frames of the full attention. K_r and V_r are views (no copies); the frames before and after r
+are two contiguous runs of tokens, each one group over all rows, paired row by row with frame r of the same
+row: one batched attention call per run (one call in all when r is the first or the last frame).
 """
 
 from __future__ import annotations
 
-from .guidance import GuidanceTerm, Span
+from .guidance import GuidanceGroup, Reference, Span
 
 
 def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int], ...]:
@@ -36,18 +36,18 @@ def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int
     return tuple(runs)
 
 
-def temporal_terms(
+def reference_frame_groups(
     rows: int, frames: int, tokens_per_frame: int, reference_frame: int, strength: float
-) -> list[GuidanceTerm]:
-    """Eq. 5 with a reference frame as guidance terms: every row's frames t != r <- the same row's frame r.
+) -> list[GuidanceGroup]:
+    """Eq. 5 with a reference frame: every row's frames t != r <- the same row's frame r.
 
     Tokens are frame-major (frame t is tokens [t*n, (t+1)*n) with n = ``tokens_per_frame``). Each run of guided
-    frames is one term over all ``rows`` rows, whose source is frame r of the same rows. [] when ``strength`` is
-    0 or the clip has one frame.
+    frames is one group over all ``rows`` rows, its reference frame r of the same rows (paired). [] when
+    ``strength`` is 0 or the clip has one frame.
     """
     runs = guided_frame_runs(frames, reference_frame)
     if strength == 0.0:
         return []
     n = tokens_per_frame
-    source = Span(0, reference_frame * n, (reference_frame + 1) * n, rows=rows)
-    return [GuidanceTerm(Span(0, start * n, stop * n, rows=rows), ((source, float(strength)),)) for start, stop in runs]
+    reference = Reference(Span(0, rows, reference_frame * n, (reference_frame + 1) * n), float(strength))
+    return [GuidanceGroup(Span(0, rows, start * n, stop * n), (reference,)) for start, stop in runs]

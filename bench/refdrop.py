@@ -27,9 +27,10 @@ configure_host(pytorch_attention="--pytorch-attention" in sys.argv)
 import comfy.model_management as mm  # noqa: E402
 import comfy.sample  # noqa: E402
 import torch  # noqa: E402
-from refguide.comfy_patches import model_blocks  # noqa: E402
+from refguide.comfy_patches import unet_blocks  # noqa: E402
 from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention  # noqa: E402
-from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings  # noqa: E402
+from refguide.comfy_patches.refdrop.settings import RefDropSettings  # noqa: E402
+from refguide.comfy_patches.refdrop.unet import RefDropAttention  # noqa: E402
 from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage  # noqa: E402
 from refguide.nodes.svd import SVDTemporalRefDrop  # noqa: E402
 from refguide_testing import tiny_models  # noqa: E402
@@ -174,7 +175,7 @@ def extra_attention_seconds(repeats: int) -> float:
         shapes[key] = shapes.get(key, 0) + 1
         return plain_attention(q, k, v, extra_options)
 
-    for block in model_blocks.transformer_blocks(model):
+    for block in unet_blocks.transformer_blocks(model):
         for key in block.keys():
             model.set_model_attn1_replace(record, *key)
     latent = torch.zeros(PER_CHUNK + REFERENCES, 4, SDXL_LATENT, SDXL_LATENT)

@@ -31,7 +31,7 @@ import comfy.model_patcher  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import torch  # noqa: E402
-from refguide.comfy_patches.attention_override import OVERRIDE_KEY, ForwardState  # noqa: E402
+from refguide.comfy_patches.dit_override import OVERRIDE_KEY, ForwardState  # noqa: E402
 from refguide.nodes.refdrop import ApplyRefDrop  # noqa: E402
 from refguide_testing.tiny_dits import TINY_FLUX, init_weights_, tiny_dit  # noqa: E402
 

@@ -32,9 +32,9 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import torch  # noqa: E402
-from refguide.attention_patches.guidance import apply_guidance_  # noqa: E402
-from refguide.attention_patches.temporal import temporal_terms  # noqa: E402
-from refguide.nodes.video import TemporalRefDrop  # noqa: E402
+from refguide.attention_patches.guidance import reference_feature_guidance_  # noqa: E402
+from refguide.attention_patches.temporal import reference_frame_groups  # noqa: E402
+from refguide.nodes.video_dit import TemporalRefDrop  # noqa: E402
 from refguide_testing import tiny_models, tiny_wan  # noqa: E402
 
 from bench._measure import median_times, run_isolated, step_peak_bytes  # noqa: E402
@@ -52,7 +52,7 @@ def attention_case():
     """Closures timing one self-attention call, plain and with the temporal terms (what the override adds)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(ROWS, TOKENS, DIM, generator=g).to(DEVICE, DTYPE) for _ in range(3))
-    terms = temporal_terms(ROWS, FRAMES, HEIGHT * WIDTH, 0, 0.2)
+    groups = reference_frame_groups(ROWS, FRAMES, HEIGHT * WIDTH, 0, 0.2)
 
     def attention(qs, ks, vs, *_):
         return comfy_attention.optimized_attention(qs, ks, vs, HEADS)
@@ -63,7 +63,7 @@ def attention_case():
 
     def patched():
         with torch.no_grad():
-            return apply_guidance_(attention(q, k, v), q, k, v, terms, attention)
+            return reference_feature_guidance_(attention(q, k, v), q, k, v, groups, attention)
 
     return plain, patched
 

@@ -236,14 +236,3 @@ def block_labels(model_patcher) -> list[str]:
     """Every block label of a supported diffusion transformer (what ``exclude_blocks`` accepts)."""
     family = dit_family(model_patcher)
     return family.block_labels(_diffusion_model(model_patcher)) if family else []
-
-
-def check_block_names(model_patcher, names, node_name: str) -> None:
-    """ValueError listing the valid names when ``names`` holds a label that is not a block of this model."""
-    valid = block_labels(model_patcher)
-    unknown = sorted(set(names) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"{node_name}: exclude_blocks: {', '.join(repr(n) for n in unknown)} is not a block of this model. "
-            f"Valid names: {', '.join(valid)}."
-        )

@@ -20,8 +20,8 @@ import torch
 from ..easyref import checkpoint as ckpt
 from ..easyref import embeds as embeds_mod
 from ..easyref import encoder
-from . import easyref_lora, easyref_patch, model_blocks, model_families
-from .step_window import sigma_window
+from . import easyref_lora, easyref_patch, model_families, unet_blocks
+from .step_window import StepWindow
 
 NODE_NAME = "Apply EasyRef"
 # The additional-models key under which the reference K/V projections are registered with ComfyUI.
@@ -86,7 +86,7 @@ class EasyRefSettings:
 
     weight: float = 1.0  # scale of the reference attention (0: no reference branch)
     lora_strength: float = 1.0  # strength of the checkpoint's UNet LoRA (0: UNet weights untouched)
-    start_percent: float = 0.0  # part of the sampling schedule where the reference branch acts
+    start_percent: float = 0.0  # the node's start_at / end_at: the StepWindow where the reference branch acts
     end_percent: float = 1.0
     mask: torch.Tensor | None = field(default=None, compare=False)  # our extension: where the tokens act
 
@@ -133,15 +133,15 @@ def patch_cross_attention(model, easyref, embeds, settings: EasyRefSettings):
     patched.set_additional_models(
         PROJECTIONS_KEY, patched.get_additional_models_with_key(PROJECTIONS_KEY) + [projections]
     )
-    sigma_start, sigma_end = sigma_window(model, settings.start_percent, settings.end_percent)
-    kwargs = {"sigma_start": sigma_start, "sigma_end": sigma_end}
+    window = StepWindow.from_percents(model, settings.start_percent, settings.end_percent)
+    kwargs = easyref_patch.window_kwargs(window)
     mask = settings.mask.float().cpu() if settings.mask is not None else None
     notice = easyref_patch.fallback_notice(NODE_NAME)
     for layer in layout.cross_layers:
         branch = easyref_patch.EasyRefBranch(
             projections.model, layer.name, embeds.cond, embeds.uncond, settings.weight, mask=mask, notice=notice
         )
-        existing = model_blocks.existing_replace(patched, "attn2", layer.block_key)
+        existing = unet_blocks.existing_replace(patched, "attn2", layer.block_key)
         patched.set_model_attn2_replace(easyref_patch.attach(existing, branch, kwargs), *layer.block_key)
     easyref_patch.install_fork_on_clone(patched)
     return patched

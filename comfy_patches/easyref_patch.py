@@ -30,9 +30,8 @@ import torch
 from ..attention_patches.decoupled import chunk_kinds, decoupled_reference_term, mask_for_tokens
 from .attention_calls import FallbackNotice, plain_attention
 from .reference_rows import REFERENCE_ROWS_KEY
-from .step_window import in_sigma_window
+from .step_window import StepWindow
 
-ALWAYS = (float("inf"), 0.0)  # (sigma_start, sigma_end) of a branch without a step window
 FORK_ON_CLONE_KEY = "refguide_easyref_fork_on_clone"
 
 
@@ -138,8 +137,16 @@ class EasyRefBranch:
         return self
 
 
+def window_kwargs(window: StepWindow) -> dict:
+    """A branch's step window as the IPAdapter protocol's ``sigma_start`` / ``sigma_end`` keyword arguments."""
+    return {"sigma_start": window.sigma_start, "sigma_end": window.sigma_end}
+
+
 def _active(extra_options: dict, kwargs: dict) -> bool:
-    return in_sigma_window(extra_options, kwargs.get("sigma_start", ALWAYS[0]), kwargs.get("sigma_end", ALWAYS[1]))
+    """Whether a stacked branch (ours or IPAdapter's) acts at this call: its kwargs read as a StepWindow."""
+    default = StepWindow()
+    window = StepWindow(kwargs.get("sigma_start", default.sigma_start), kwargs.get("sigma_end", default.sigma_end))
+    return window.contains(extra_options)
 
 
 class DecoupledCrossAttention:

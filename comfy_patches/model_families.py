@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import dit_families, model_blocks
+from . import dit_families, unet_blocks
+from .dit_families import DiTFamily
+from .unet_blocks import TransformerBlock
 
 IMAGE_UNET = "image UNet"
 VIDEO_UNET = "video UNet"
@@ -40,10 +42,21 @@ _UNET_CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: SDXL, 1280: "SDXL ref
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A model's family name (user-facing) and kind (which node handles it)."""
+    """A model's family, looked up once per node and passed down: name, kind, and what the patches need.
+
+    ``dit`` is the bound diffusion-transformer family (DiT kinds), ``unet_blocks`` the UNet's transformer blocks
+    (UNet kinds), ``block_names`` the names ``exclude_blocks`` accepts, in model order.
+    """
 
     name: str
     kind: str
+    dit: DiTFamily | None = None
+    unet_blocks: tuple[TransformerBlock, ...] = ()
+    block_names: tuple[str, ...] = ()
+
+    @property
+    def is_dit(self) -> bool:
+        return self.dit is not None
 
 
 def model_family(model_patcher) -> ModelFamily:
@@ -51,14 +64,17 @@ def model_family(model_patcher) -> ModelFamily:
     model = model_patcher.model
     dit = dit_families.dit_family(model_patcher)
     if dit is not None:
-        return ModelFamily(dit.name, VIDEO_DIT if dit.video else IMAGE_DIT)
-    if model_blocks.is_video_model(model_patcher):
-        return ModelFamily("Stable Video Diffusion", VIDEO_UNET)
-    if model_blocks.transformer_blocks(model_patcher):
+        labels = tuple(dit_families.block_labels(model_patcher))
+        return ModelFamily(dit.name, VIDEO_DIT if dit.video else IMAGE_DIT, dit=dit, block_names=labels)
+    blocks = tuple(unet_blocks.transformer_blocks(model_patcher))
+    labels = tuple(block.label for block in blocks)
+    if unet_blocks.is_video_model(model_patcher):
+        return ModelFamily("Stable Video Diffusion", VIDEO_UNET, unet_blocks=blocks, block_names=labels)
+    if blocks:
         unet_config = getattr(getattr(model, "model_config", None), "unet_config", {}) or {}
         context = unet_config.get("context_dim")
         name = _UNET_CONTEXT_FAMILY.get(context, f"SD-family UNet, cross-attention width {context}")
-        return ModelFamily(name, IMAGE_UNET)
+        return ModelFamily(name, IMAGE_UNET, unet_blocks=blocks, block_names=labels)
     return ModelFamily(type(model).__name__, OTHER)
 
 
@@ -84,10 +100,3 @@ def require_family(
         f"{node_name} works with {listing} models; this model ({family.name}) is not supported. Load a {listing} "
         "checkpoint."
     )
-
-
-def block_labels(model_patcher) -> list[str]:
-    """The block names of a supported model, as ``exclude_blocks`` accepts them ("output 0", "double 3", ...)."""
-    if dit_families.dit_family(model_patcher) is not None:
-        return dit_families.block_labels(model_patcher)
-    return [block.label for block in model_blocks.transformer_blocks(model_patcher)]

@@ -15,12 +15,14 @@ masks of this call's references (cropped like the references, at image resolutio
 
 from __future__ import annotations
 
+import threading
+
 import comfy.sample
 import comfy.utils
 import torch
 
 from .attention_calls import FallbackNotice, plain_attention
-from .step_window import in_sigma_window
+from .step_window import EVERY_STEP, StepWindow
 
 REFERENCE_ROWS_KEY = "refguide_reference_rows"  # int: extra reference rows in front of every guidance chunk
 REFERENCE_MASKS_KEY = "refguide_reference_masks"  # (references, H, W) float masks of this call, or None
@@ -142,10 +144,10 @@ def _extend_control(value, rows: int, chunks: int, extra: int):
     return value
 
 
-def _initialized_cuda_devices() -> list[int]:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return list(range(torch.cuda.device_count()))
-    return []
+def reference_noise(latent: torch.Tensor, seed: int) -> torch.Tensor:
+    """``comfy.sample.prepare_noise(latent, seed)``'s values from a private generator (the global RNG untouched)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return comfy.sample.prepare_noise_inner(latent, generator)
 
 
 class ReferenceRows:
@@ -158,7 +160,9 @@ class ReferenceRows:
     or None.
     At a call with latent size (h, w) and sigma s:
         z = common_upscale(latent, w, h, "bilinear", "center")       (once per size)
-        eps = comfy.sample.prepare_noise(z, seed)                     (once per size)
+        eps = comfy.sample.prepare_noise(z, seed)                     (once per size; same values, drawn from a
+                                                                       private generator: the global RNG is never
+                                                                       touched, so concurrent calls agree)
         x_ref = model_sampling.noise_scaling(s, eps, process_latent_in(z))   (max_denoise False)
     """
 
@@ -167,7 +171,7 @@ class ReferenceRows:
         latents: torch.Tensor,
         seed: int,
         masks: torch.Tensor | None,
-        sigma_range=None,
+        window: StepWindow = EVERY_STEP,
         selected: tuple[int, ...] | None = None,
         attn1_keys: tuple = (),
     ):
@@ -176,7 +180,7 @@ class ReferenceRows:
         self.selected = list(selected) if selected is not None else None
         self.seed = int(seed)
         self.masks = masks
-        self.sigma_range = sigma_range
+        self.window = window
         self.notice = FallbackNotice(
             "Apply RefDrop (Reference Image)", "such model calls run without the reference images (reported once)."
         )
@@ -185,6 +189,7 @@ class ReferenceRows:
             "those layers run without the reference images (reported once). Apply that node before Apply RefDrop "
             "(Reference Image) to keep both: the pack's patch then calls it.",
         )
+        self._lock = threading.Lock()  # ComfyUI's multi-GPU CFG split calls the model from pool threads at once
         self._by_size: dict = {}  # (h, w, device, dtype) -> (process_latent_in(z), eps, masks cropped for the size)
 
     @property
@@ -194,30 +199,33 @@ class ReferenceRows:
     def references_for(self, base_model, height: int, width: int, device, dtype):
         """(process_latent_in(z), eps, masks) for a latent size, computed once per size."""
         key = (height, width, str(device), dtype)
-        if key not in self._by_size:
-            latent = self.latents
-            z = latent
-            if tuple(latent.shape[-2:]) != (height, width):
-                z = comfy.utils.common_upscale(latent, width, height, "bilinear", "center")
-            # prepare_noise seeds the global generator: keep the sampler's random state as it was
-            with torch.random.fork_rng(devices=_initialized_cuda_devices()):
-                eps = comfy.sample.prepare_noise(z, self.seed)
-            if self.selected is not None:
-                z, eps = z[self.selected], eps[self.selected]
-            clean = base_model.process_latent_in(z)
-            masks = None
-            if self.masks is not None:
-                y, x = center_crop_box(latent.shape[-2], latent.shape[-1], height, width)
-                scale_y = self.masks.shape[-2] / latent.shape[-2]
-                scale_x = self.masks.shape[-1] / latent.shape[-1]
-                top, left = round(y * scale_y), round(x * scale_x)
-                masks = self.masks[:, top : self.masks.shape[-2] - top, left : self.masks.shape[-1] - left]
-                masks = masks.to(device)
-            self._by_size[key] = (clean.to(device, dtype), eps.to(device, dtype), masks)
-        return self._by_size[key]
+        with self._lock:
+            if key not in self._by_size:
+                self._by_size[key] = self._references_at(base_model, height, width, device, dtype)
+            return self._by_size[key]
+
+    def _references_at(self, base_model, height: int, width: int, device, dtype):
+        """Resize, noise and process the references for one latent size (see the class docstring)."""
+        latent = self.latents
+        z = latent
+        if tuple(latent.shape[-2:]) != (height, width):
+            z = comfy.utils.common_upscale(latent, width, height, "bilinear", "center")
+        eps = reference_noise(z, self.seed)
+        if self.selected is not None:
+            z, eps = z[self.selected], eps[self.selected]
+        clean = base_model.process_latent_in(z)
+        masks = None
+        if self.masks is not None:
+            y, x = center_crop_box(latent.shape[-2], latent.shape[-1], height, width)
+            scale_y = self.masks.shape[-2] / latent.shape[-2]
+            scale_x = self.masks.shape[-1] / latent.shape[-1]
+            top, left = round(y * scale_y), round(x * scale_x)
+            masks = self.masks[:, top : self.masks.shape[-2] - top, left : self.masks.shape[-1] - left]
+            masks = masks.to(device)
+        return clean.to(device, dtype), eps.to(device, dtype), masks
 
     def active_at(self, transformer_options: dict) -> bool:
-        return self.sigma_range is None or in_sigma_window(transformer_options, *self.sigma_range)
+        return self.window.contains(transformer_options)
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kw):
         if not self.active_at(transformer_options):

@@ -13,9 +13,7 @@ from comfy_api.latest import io
 from ..comfy_patches import easyref_files as files
 from ..comfy_patches import easyref_glue as glue
 from ..easyref import embeds as embeds_mod
-from .validation import widget_ranges
-
-CATEGORY = "EasyRef"
+from .validation import EASYREF_CATEGORY, widget_ranges
 
 EasyRefModelType = io.Custom("EASYREF_MODEL")
 EasyRefEmbedsType = io.Custom("EASYREF_EMBEDS")
@@ -28,7 +26,7 @@ class LoadEasyRefMLLM(io.ComfyNode):
         return io.Schema(
             node_id="LoadEasyRefMLLM",
             display_name="Load EasyRef MLLM",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Loads Qwen2-VL-2B-Instruct and an EasyRef checkpoint once: the vision tower, 27 language layers, "
                 "the trained final layer with its 64 reference tokens and the projector (for Encode Reference Group), "
@@ -82,7 +80,7 @@ class EasyRefReferenceGroup(io.ComfyNode):
         return io.Schema(
             node_id="EasyRefReferenceGroup",
             display_name="EasyRef Reference Group",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Collects reference images of different sizes and aspect ratios into one group (a ComfyUI image "
                 "batch shares one size). Chain several of these nodes; every image keeps its own aspect ratio."
@@ -108,7 +106,7 @@ class EncodeReferenceGroup(io.ComfyNode):
         return io.Schema(
             node_id="EncodeReferenceGroup",
             display_name="Encode Reference Group",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Turns a group of reference images (any number, any sizes) and a prompt into EasyRef's 64 reference "
                 "tokens with the MLLM, plus the unconditional tokens (black image, bare instruction; computed once per "
@@ -150,7 +148,7 @@ class SaveEasyRefEmbeds(io.ComfyNode):
         return io.Schema(
             node_id="SaveEasyRefEmbeds",
             display_name="Save EasyRef Embeds",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Saves encoded reference tokens (conditional and unconditional, with the prompt, reference count and "
                 "checkpoint fingerprint) as a .safetensors file in ComfyUI's output folder. Copy it to the input folder "
@@ -183,7 +181,7 @@ class LoadEasyRefEmbeds(io.ComfyNode):
         return io.Schema(
             node_id="LoadEasyRefEmbeds",
             display_name="Load EasyRef Embeds",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Loads reference tokens saved by Save EasyRef Embeds from ComfyUI's input folder. Connect the loaded "
                 "EasyRef model to refuse files made with another checkpoint."
@@ -224,7 +222,7 @@ class ApplyEasyRef(io.ComfyNode):
         return io.Schema(
             node_id="ApplyEasyRef",
             display_name="Apply EasyRef",
-            category=CATEGORY,
+            category=EASYREF_CATEGORY,
             description=(
                 "Conditions an SDXL model on a reference group: the 64 reference tokens from Encode Reference Group "
                 "enter every cross-attention layer through decoupled cross-attention (out = text attention + weight * "

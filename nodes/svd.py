@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..comfy_patches import model_blocks, model_families
-from ..comfy_patches.refdrop_patch import RefDropSettings, patch_self_attention
-from ..comfy_patches.step_window import sigma_range
-from ..comfy_patches.svd_refdrop_patch import TemporalRefDropAttention, video_frames_wrapper
-from .validation import check_window, widget_ranges, window_inputs, window_problem
-
-WRAPPER_KEY = "refguide_svd_temporal_refdrop"
+from ..comfy_patches import refdrop as glue
+from .validation import REFDROP_CATEGORY, widget_ranges, window_inputs, window_problem
 
 
 class SVDTemporalRefDrop(io.ComfyNode):
@@ -22,7 +16,7 @@ class SVDTemporalRefDrop(io.ComfyNode):
         return io.Schema(
             node_id="SVDTemporalRefDrop",
             display_name="SVD Temporal RefDrop",
-            category="RefDrop",
+            category=REFDROP_CATEGORY,
             description=(
                 "RefDrop for Stable Video Diffusion: in every spatial self-attention layer, each frame becomes "
                 "c*Attn(Q, K_ref, V_ref) + (1-c)*Attn(Q, K, V) with the reference frame's keys/values, which "
@@ -65,18 +59,9 @@ class SVDTemporalRefDrop(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
-        model_families.require_family(model, "SVD Temporal RefDrop", (model_families.VIDEO_UNET,))
-        check_window(start_percent, end_percent)
-        if strength == 0.0:
-            return io.NodeOutput(model.clone())
-        window = sigma_range(model, start_percent, end_percent)
-        settings = RefDropSettings((reference_frame,), (strength,), "SVD Temporal RefDrop", window)
-        blocks = model_blocks.transformer_blocks(model)
-        patched = patch_self_attention(model, settings, blocks, TemporalRefDropAttention)
-        patched.add_wrapper_with_key(
-            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, video_frames_wrapper
+        return io.NodeOutput(
+            glue.apply_svd_temporal_refdrop(model, strength, reference_frame, start_percent, end_percent)
         )
-        return io.NodeOutput(patched)
 
 
 NODES = [SVDTemporalRefDrop]

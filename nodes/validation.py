@@ -12,26 +12,33 @@ import math
 
 from comfy_api.latest import io
 
+from ..comfy_patches.step_window import window_problem
+
+REFDROP_CATEGORY = "RefDrop"  # every RefDrop node
+EASYREF_CATEGORY = "EasyRef"  # every EasyRef node
+
 START_TOOLTIP = "Start guiding at this fraction of the sampling schedule (0 = from the first step, as in the paper)."
 END_TOOLTIP = "Stop guiding after this fraction of the sampling schedule (1 = to the last step, as in the paper)."
 
 
 def window_inputs(start_tooltip: str = START_TOOLTIP, end_tooltip: str = END_TOOLTIP) -> list:
     """The optional step-window inputs every guidance node shares: `start_percent` / `end_percent` (as ComfyUI core
-    names them), converted to sigmas with comfy_patches.step_window.sigma_range."""
+    names them), secondary (``advanced``), turned into a ``comfy_patches.step_window.StepWindow`` by the glue."""
     return [
         io.Float.Input(
-            "start_percent", default=0.0, min=0.0, max=1.0, step=0.001, optional=True, tooltip=start_tooltip
+            "start_percent",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            advanced=True,
+            tooltip=start_tooltip,
         ),
-        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, optional=True, tooltip=end_tooltip),
+        io.Float.Input(
+            "end_percent", default=1.0, min=0.0, max=1.0, step=0.001, optional=True, advanced=True, tooltip=end_tooltip
+        ),
     ]
-
-
-def window_problem(start_percent, end_percent) -> str | None:
-    """The message for a window that ends before it starts, else None."""
-    if isinstance(start_percent, float) and isinstance(end_percent, float) and start_percent > end_percent:
-        return f"start_percent ({start_percent}) is after end_percent ({end_percent}): swap them."
-    return None
 
 
 def check_window(start_percent, end_percent) -> None:

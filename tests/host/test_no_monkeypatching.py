@@ -64,7 +64,7 @@ import refguide
 
 extension = asyncio.run(refguide.comfy_entrypoint())
 registered = [node.define_schema().node_id for node in asyncio.run(extension.get_node_list())]
-from refguide.nodes import easyref as er, refdrop as rd, svd as sv, video as vd
+from refguide.nodes import easyref as er, refdrop as rd, svd as sv, video_dit as vd
 
 # How to run each node; a node the pack registers without an entry here makes the test fail.
 state = {}

@@ -6,7 +6,7 @@ import comfy.patcher_extension
 import comfy.sample
 import pytest
 import torch
-from refguide.comfy_patches.attention_override import OVERRIDE_KEY, ForwardState
+from refguide.comfy_patches.dit_override import OVERRIDE_KEY, ForwardState
 from refguide.comfy_patches.model_families import IMAGE_DIT, model_family
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import tiny_dits
@@ -72,6 +72,7 @@ class Recorder:
 
     def __call__(self, func, *args, **kwargs):
         options = kwargs.get("transformer_options", {})
+        q = args[0] if args else kwargs["q"]
         k = args[1] if len(args) > 1 else kwargs["k"]
         self.calls.append(
             {
@@ -79,19 +80,21 @@ class Recorder:
                 "inside": kwargs.get("_inside_attn_wrapper", False),
                 "k_storage": k.untyped_storage().data_ptr(),
                 "k_shape": tuple(k.shape),
+                "q_numel": q.numel(),
                 "block": (options.get("block_type"), options.get("block_index")),
             }
         )
         return func(*args, **kwargs)
 
     def guided_plain_calls(self):
-        """For every plain call: how many extra (reference) attentions followed it, and whether they read its keys."""
+        """For every plain call: the extra (reference) attentions that followed it, as the share of the call's query
+        tokens each covered, and whether they read its keys."""
         result = []
         for call in self.calls:
             if not call["extra"]:
-                result.append([call, 0, True])
+                result.append([call, [], True])
             else:
-                result[-1][1] += 1
+                result[-1][1].append(call["q_numel"] / result[-1][0]["q_numel"])
                 result[-1][2] &= call["k_storage"] == result[-1][0]["k_storage"]
         return result
 
@@ -120,7 +123,8 @@ def test_every_self_attention_call_is_guided_through_the_chained_override(name, 
     plain_calls = recorder.guided_plain_calls()
     assert len(plain_calls) == self_calls
     for call, extras, reads_own_keys in plain_calls:
-        assert extras == 2, call  # rows 1 and 2 each attend once to the reference row 0
+        # ONE extra attention: rows 1 and 2 (two thirds of the call's queries) attend to the reference row 0 together
+        assert extras == [pytest.approx(2 / 3)], call
         assert reads_own_keys  # the reference K/V are views of this very call's keys
     assert all(call["inside"] for call in recorder.calls)  # _inside_attn_wrapper kept: the override never re-enters
 
@@ -138,7 +142,8 @@ def test_cross_attention_is_untouched_even_with_equal_token_counts():
                         disable_pbar=True)  # fmt: skip
     plain_calls = recorder.guided_plain_calls()
     assert len(plain_calls) == 4 and len({call["k_shape"] for call, _, _ in plain_calls}) == 1  # equal shapes
-    assert [extras for _, extras, _ in plain_calls] == [2, 0, 2, 0]  # self guided, cross untouched
+    # self guided (one extra call over the two guided rows), cross untouched
+    assert [len(extras) for _, extras, _ in plain_calls] == [1, 0, 1, 0]
     assert all(own for _, _, own in plain_calls)
 
 
@@ -146,8 +151,8 @@ def test_exclude_blocks_uses_the_model_names_and_skip_up1_is_refused():
     model = tiny_dits.tiny_dit("flux", seed=1)
     base, recorder = with_recorder(model)
     sample("flux", apply_refdrop(base, exclude_blocks="double 1, Single 0"), steps=1)
-    guided = {call["block"]: extras for call, extras, _ in recorder.guided_plain_calls()}
-    assert guided == {("double", 0): 2, ("double", 1): 0, ("single", 0): 0, ("single", 1): 2}
+    guided = {call["block"]: len(extras) for call, extras, _ in recorder.guided_plain_calls()}
+    assert guided == {("double", 0): 1, ("double", 1): 0, ("single", 0): 0, ("single", 1): 1}
     with pytest.raises(ValueError, match=r"'output 0'.*Valid names: double 0, double 1, single 0, single 1\."):
         apply_refdrop(model, exclude_blocks="output 0")
     with pytest.raises(ValueError, match="skip_up1.*Flux is a diffusion transformer.*exclude_blocks"):

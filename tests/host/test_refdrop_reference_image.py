@@ -8,8 +8,8 @@ import comfy.utils
 import pytest
 import torch
 from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention
-from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings
-from refguide.comfy_patches.reference_image_patch import ReferenceImageAttention
+from refguide.comfy_patches.refdrop.settings import RefDropSettings
+from refguide.comfy_patches.refdrop.unet import RefDropAttention, ReferenceImageAttention
 from refguide.comfy_patches.reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY
 from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
 from refguide_testing import model_calls, reference, tiny_models

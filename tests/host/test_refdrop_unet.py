@@ -10,7 +10,8 @@ import torch
 from comfy_extras.nodes_hypertile import HyperTile
 from comfy_extras.nodes_sag import SelfAttentionGuidance
 from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention
-from refguide.comfy_patches.refdrop_patch import RefDropAttention, RefDropSettings
+from refguide.comfy_patches.refdrop.settings import RefDropSettings
+from refguide.comfy_patches.refdrop.unet import RefDropAttention
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import reference, tiny_models
 

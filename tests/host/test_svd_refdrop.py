@@ -7,7 +7,7 @@ import pytest
 import torch
 from comfy_extras.nodes_video_model import VideoLinearCFGGuidance, VideoTriangleCFGGuidance
 from refguide.comfy_patches.attention_calls import plain_attention
-from refguide.comfy_patches.svd_refdrop_patch import TemporalRefDropAttention
+from refguide.comfy_patches.refdrop.svd import SVDSpatialAttention
 from refguide.nodes.svd import SVDTemporalRefDrop
 from refguide_testing import reference, tiny_models
 
@@ -100,7 +100,7 @@ def test_spatial_rows_follow_eq5_and_temporal_calls_pass_through(svd, frames, re
                     qd, kd[row : row + 1], vd[row : row + 1], heads
                 ) + 0.3 * direct_attention(qd, kd[ref : ref + 1], vd[ref : ref + 1], heads)
                 torch.testing.assert_close(out[row : row + 1].double(), expected, rtol=1e-4, atol=1e-5)
-    assert spatial == temporal == sum(block.depth for block in __import__("refguide.comfy_patches.model_blocks",
+    assert spatial == temporal == sum(block.depth for block in __import__("refguide.comfy_patches.unet_blocks",
                                       fromlist=["x"]).transformer_blocks(svd))  # fmt: skip
     assert (ambiguous > 0) == (frames == 4)
 
@@ -128,7 +128,7 @@ def test_strength_zero_is_bit_identical(svd):
 def test_every_spatial_transformer_is_patched_with_a_frames_wrapper(svd):
     patched = apply_svd_refdrop(svd)
     replaces = patched.model_options["transformer_options"]["patches_replace"]["attn1"]
-    assert all(isinstance(p, TemporalRefDropAttention) for p in replaces.values())
+    assert all(isinstance(p, SVDSpatialAttention) for p in replaces.values())
     assert {key[:2] for key in replaces} == {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {
         ("output", i) for i in range(3, 12)
     }

@@ -8,10 +8,10 @@ import types
 import comfy.sample
 import pytest
 import torch
-from refguide.comfy_patches.attention_override import OVERRIDE_KEY
+from refguide.comfy_patches.dit_override import OVERRIDE_KEY
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide.nodes.svd import SVDTemporalRefDrop
-from refguide.nodes.video import TemporalRefDrop
+from refguide.nodes.video_dit import TemporalRefDrop
 from refguide_testing import reference, tiny_models, tiny_wan
 
 torch.set_num_threads(1)
@@ -183,9 +183,10 @@ def test_reference_frame_past_the_clip_is_a_clear_error(t2v):
 
 
 def test_inputs_are_checked(t2v):
-    with pytest.raises(ValueError, match=r"'block 7' is not a block of this model"):
+    with pytest.raises(ValueError, match=r"'block 7' is not a block of this Wan 2.1 / 2.2 model. Valid names: block 0"):
         apply(t2v, exclude_blocks="block 7")
-    assert "not a block name" in TemporalRefDrop.validate_inputs(exclude_blocks="output 0")
+    with pytest.raises(ValueError, match=r"'output 0' is not a block of this Wan"):
+        apply(t2v, exclude_blocks="output 0")
     assert "swap" in TemporalRefDrop.validate_inputs(start_percent=0.8, end_percent=0.2)
     assert TemporalRefDrop.validate_inputs(exclude_blocks="Block 0, block_1") is True
 

@@ -1,4 +1,4 @@
-"""RefDrop for Stable Video Diffusion: guide every frame's spatial self-attention toward a reference frame.
+"""SVD Temporal RefDrop's glue: every frame's spatial self-attention guided toward a reference frame (Eq. 5).
 
 ComfyUI gives a SpatialVideoTransformer's spatial block and its temporal block (time_stack) the same patch
 keys, so one attn1 replace sees both. A DIFFUSION_MODEL wrapper puts the frame count and a per-call
@@ -9,11 +9,17 @@ The shapes are checked as well: a call whose shape does not fit its role runs un
 
 from __future__ import annotations
 
-from .attention_calls import feature_map_tokens
-from .refdrop_patch import RefDropAttention
+import comfy.patcher_extension
+
+from .. import model_families
+from ..attention_calls import feature_map_tokens
+from ..step_window import StepWindow
+from .settings import SVD_TEMPORAL, RefDropSettings
+from .unet import RefDropAttention, patch_self_attention
 
 FRAMES_KEY = "refguide_video_frames"
 CALLS_KEY = "refguide_attn1_calls"
+WRAPPER_KEY = "refguide_svd_temporal_refdrop"
 
 
 def video_frames_wrapper(
@@ -30,7 +36,7 @@ def video_frames_wrapper(
         transformer_options.pop(CALLS_KEY, None)
 
 
-class TemporalRefDropAttention(RefDropAttention):
+class SVDSpatialAttention(RefDropAttention):
     """Spatial calls: Eq. 5 with the reference frame of each chunk; temporal calls: exactly the inner attention.
 
     The whole latent batch is the frame axis: chunk k (a guidance branch) is rows [k*T, (k+1)*T) and
@@ -63,3 +69,17 @@ class TemporalRefDropAttention(RefDropAttention):
 
     def chunk_count(self, q, extra_options) -> int:
         return q.shape[0] // extra_options[FRAMES_KEY]
+
+
+def apply_svd_temporal_refdrop(
+    model, strength: float, reference_frame: int, start_percent: float = 0.0, end_percent: float = 1.0
+):
+    """A clone of a Stable Video Diffusion ``model`` whose frames are guided toward ``reference_frame``."""
+    family = model_families.require_family(model, SVD_TEMPORAL, (model_families.VIDEO_UNET,))
+    window = StepWindow.from_percents(model, start_percent, end_percent)
+    if strength == 0.0:
+        return model.clone()
+    settings = RefDropSettings((int(reference_frame),), (float(strength),), SVD_TEMPORAL, window)
+    patched = patch_self_attention(model, settings, family.unet_blocks, SVDSpatialAttention)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, video_frames_wrapper)
+    return patched

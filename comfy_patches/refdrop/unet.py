@@ -1,28 +1,13 @@
-"""The attn1 replace object that runs RefDrop's reference feature guidance inside a ComfyUI UNet."""
+"""RefDrop on SD UNets: the attn1 replace that runs Eq. 5 / Eq. 6 inside every guided self-attention layer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..attention_patches.layout import ChunkLayout, chunk_layout
-from ..attention_patches.rfg import reference_feature_guidance_
-from .attention_calls import FallbackNotice, feature_map_tokens, plain_attention
-from .model_blocks import existing_replace
-from .reference_rows import REFERENCE_ROWS_KEY, row_safe
-from .step_window import in_sigma_window
-
-
-@dataclass(frozen=True)
-class RefDropSettings:
-    """What one Apply RefDrop node asks for: one coefficient per reference row of each guidance chunk."""
-
-    reference_rows: tuple[int, ...]
-    coefficients: tuple[float, ...]
-    node_name: str = "Apply RefDrop"
-    sigma_range: tuple[float, float] | None = None  # (sigma_start, sigma_end), inclusive; None = every step
-
-    def active_at(self, extra_options: dict) -> bool:
-        return self.sigma_range is None or in_sigma_window(extra_options, *self.sigma_range)
+from ...attention_patches.guidance import GuidanceGroup, reference_feature_guidance_, token_grid_mask
+from ...attention_patches.layout import ChunkLayout, chunk_layout, in_batch_groups
+from ..attention_calls import FallbackNotice, feature_map_tokens, plain_attention
+from ..reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY, row_safe
+from ..unet_blocks import existing_replace
+from .settings import RefDropSettings
 
 
 def check_reference_rows(layout: ChunkLayout, settings: RefDropSettings) -> None:
@@ -39,12 +24,13 @@ def check_reference_rows(layout: ChunkLayout, settings: RefDropSettings) -> None
 
 
 class RefDropAttention:
-    """attn1 replace: inner self-attention (chained patch or plain) plus Eq. 6 on the guided rows.
+    """attn1 replace: inner self-attention (chained patch or plain), then Eq. 5 / Eq. 6 on the guided rows.
 
     ``inner`` is whatever replace patch was registered for this block before (SAG's middle-block patch, for
     instance): it computes Attn(Q_i, K_i, V_i) for the whole batch, so it still sees what it expects; with
     reference-image rows in the batch, another node's patch sees the latent batch's own rows only
-    (``reference_rows.row_safe``). Nothing is stored between calls.
+    (``reference_rows.row_safe``). Nothing is stored between calls. Subclasses choose the groups (which rows
+    are references): :meth:`layout` and :meth:`groups`.
     """
 
     knows_reference_rows = True  # reads REFERENCE_ROWS_KEY itself (reference_rows.hide_reference_rows)
@@ -57,21 +43,23 @@ class RefDropAttention:
     def __call__(self, q, k, v, extra_options):
         inner = plain_attention if self.inner is None else row_safe(self.inner)
         out = inner(q, k, v, extra_options)
-        if not self.settings.active_at(extra_options):
+        if not self.settings.window.contains(extra_options):
             return out
         layout = self.layout(q, k, v, extra_options)
         if layout is None:
             return out
+        groups = self.groups(layout, extra_options)
+        if not groups:
+            return out
 
-        def attention(query, key, value):
-            return plain_attention(query, key, value, extra_options)
+        def attention(queries, keys, values, mask):
+            return plain_attention(queries, keys, values, extra_options)
 
-        masks = self.reference_masks(extra_options, layout)
-        return reference_feature_guidance_(q, k, v, out, layout, self.settings.coefficients, attention, masks)
+        return reference_feature_guidance_(out, q, k, v, groups, attention)
 
-    def reference_masks(self, extra_options, layout):
-        """Subject masks of the references on this layer's tokens (references, tokens), or None (whole images)."""
-        return None
+    def groups(self, layout: ChunkLayout, extra_options) -> list[GuidanceGroup]:
+        """In-batch references: the chunk's reference rows guide its other rows (Eq. 5 / Eq. 6)."""
+        return in_batch_groups(layout, self.settings.coefficients)
 
     def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
         """The chunk layout of this call, or None when it must run as plain self-attention."""
@@ -126,8 +114,49 @@ class RefDropAttention:
         return self
 
 
+class ReferenceImageAttention(RefDropAttention):
+    """attn1 replace of Apply RefDrop (Reference Image): Eq. 6 toward the reference-image rows in front of each
+    chunk (``reference_rows.ReferenceRows``), with optional subject masks (our extension), on top of whatever
+    the inner self-attention computed (an in-batch Apply RefDrop included).
+
+    Stays the outermost attn1 patch of its layer (an in-batch Apply RefDrop applied later goes inside it), so
+    its guidance always applies on top of the in-batch guidance. Calls without reference rows (outside the
+    step window) return the inner attention unchanged; the extra rows keep what the inner attention computed.
+    """
+
+    stays_outermost = True
+
+    def with_inner(self, inner) -> ReferenceImageAttention:
+        return type(self)(self.settings, self.notice, inner)
+
+    def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
+        extra = extra_options.get(REFERENCE_ROWS_KEY)
+        if not extra or not self.guidable_call(q, k, v, extra_options):
+            return None
+        if extra != len(self.settings.coefficients):
+            self.notice.report(f"{extra} reference rows for {len(self.settings.coefficients)} reference images")
+            return None
+        chunks = self.chunk_count(q, extra_options)
+        layout = chunk_layout(q.shape[0], chunks, tuple(range(extra)))
+        if layout is None or layout.rows_per_chunk <= extra:
+            self.notice.report(f"{q.shape[0]} rows do not split into {chunks} chunks with {extra} reference rows")
+            return None
+        if extra_options.get(REFERENCE_MASKS_KEY) is not None and len(extra_options.get("activations_shape", ())) != 4:
+            self.notice.report("the feature map's grid is unknown, so the subject masks cannot be placed")
+            return None
+        return layout
+
+    def groups(self, layout: ChunkLayout, extra_options) -> list[GuidanceGroup]:
+        masks = extra_options.get(REFERENCE_MASKS_KEY)
+        selections = None
+        if masks is not None:  # subject masks on this layer's feature-map grid: S_j
+            height, width = extra_options["activations_shape"][2:]
+            selections = [row.nonzero().squeeze(1) for row in token_grid_mask(masks, (height, width))]
+        return in_batch_groups(layout, self.settings.coefficients, selections)
+
+
 def patch_self_attention(model, settings: RefDropSettings, blocks, attention_class=RefDropAttention):
-    """A clone of ``model`` with ``attention_class`` on every attn1 of ``blocks`` (model_blocks.TransformerBlock).
+    """A clone of ``model`` with ``attention_class`` on every attn1 of ``blocks`` (unet_blocks.TransformerBlock).
 
     A replace already registered for a layer (3-tuple or 2-tuple key) becomes that layer's inner attention. A
     patch that must stay outermost (``stays_outermost``: reference-image guidance, which applies on top of

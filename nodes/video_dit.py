@@ -1,16 +1,12 @@
-"""RefDrop for video diffusion transformers: "Temporal RefDrop" (Wan 2.1 / 2.2)."""
+"""RefDrop for video diffusion transformers: "Temporal RefDrop" (Wan 2.1 / 2.2 today)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..comfy_patches import model_families
-from ..comfy_patches.step_window import sigma_range
-from ..comfy_patches.temporal_refdrop import TemporalRefDropSettings, block_labels, patch_temporal_refdrop
-from .refdrop import parse_block_names
-from .validation import check_window, widget_ranges, window_inputs, window_problem
-
-NODE_NAME = "Temporal RefDrop"
+from ..comfy_patches import refdrop as glue
+from ..comfy_patches.refdrop.settings import TEMPORAL as NODE_NAME
+from .validation import REFDROP_CATEGORY, widget_ranges, window_inputs, window_problem
 
 
 class TemporalRefDrop(io.ComfyNode):
@@ -21,7 +17,7 @@ class TemporalRefDrop(io.ComfyNode):
         return io.Schema(
             node_id="TemporalRefDrop",
             display_name=NODE_NAME,
-            category="RefDrop",
+            category=REFDROP_CATEGORY,
             description=(
                 "RefDrop's video variant for Wan 2.1 / 2.2 (text-to-video, image-to-video, the 5B TI2V, each expert "
                 "of the 14B pair): in every self-attention, the tokens of every latent frame t other than the "
@@ -67,6 +63,7 @@ class TemporalRefDrop(io.ComfyNode):
                     "exclude_blocks",
                     default="",
                     optional=True,
+                    advanced=True,
                     tooltip=(
                         "Transformer blocks to leave untouched, in the model's own numbering: 'block 0' is the first "
                         "(Wan 14B has blocks 0..39, 1.3B and 5B 0..29), e.g. 'block 0, block 1'. Unknown names are "
@@ -82,44 +79,15 @@ class TemporalRefDrop(io.ComfyNode):
         problem = widget_ranges(cls, dict(others, start_percent=start_percent, end_percent=end_percent))
         if problem:
             return problem
-        problem = window_problem(start_percent, end_percent)
-        if problem:
-            return problem
-        if isinstance(exclude_blocks, str):
-            malformed = [name for name in parse_block_names(exclude_blocks) if not _is_block_name(name)]
-            if malformed:
-                return f"exclude_blocks: {', '.join(map(repr, malformed))} is not a block name; write e.g. 'block 0, block 5'."
-        return True
+        return window_problem(start_percent, end_percent) or True
 
     @classmethod
     def execute(
         cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0, exclude_blocks=""
     ) -> io.NodeOutput:
-        model_families.require_family(model, NODE_NAME, (model_families.VIDEO_DIT,))
-        check_window(start_percent, end_percent)
-        labels = block_labels(model)
-        excluded = parse_block_names(exclude_blocks or "")
-        unknown = [name for name in excluded if name not in labels]
-        if unknown:
-            raise ValueError(
-                f"exclude_blocks: {', '.join(map(repr, unknown))} is not a block of this model; it has "
-                f"'{labels[0]}' .. '{labels[-1]}'."
-            )
-        if strength == 0.0:
-            return io.NodeOutput(model.clone())
-        window = sigma_range(model, start_percent, end_percent)
-        settings = TemporalRefDropSettings(
-            strength=float(strength),
-            reference_frame=int(reference_frame),
-            excluded_blocks=frozenset(excluded),
-            sigma_window=window,
+        return io.NodeOutput(
+            glue.apply_temporal_refdrop(model, strength, reference_frame, start_percent, end_percent, exclude_blocks)
         )
-        return io.NodeOutput(patch_temporal_refdrop(model, settings))
-
-
-def _is_block_name(name: str) -> bool:
-    words = name.split()
-    return len(words) == 2 and words[0] == "block" and words[1].isdigit()
 
 
 NODES = [TemporalRefDrop]

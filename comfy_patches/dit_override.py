@@ -1,18 +1,19 @@
-"""RefDrop on diffusion transformers: ComfyUI's ``optimized_attention_override``, shared by every DiT node.
+"""The chained ``optimized_attention_override`` that reaches every diffusion transformer's attention (shared).
 
-API (what a node or another guidance mode plugs in):
+ComfyUI's attention functions call ``transformer_options["optimized_attention_override"]`` when it is set; that
+is the one seam into the attention of every DiT (Flux, Qwen-Image, Wan, ...). This module knows nothing of the
+method that uses it (it imports no RefDrop module): a method plugs in a *policy*.
 
-- :func:`patch_dit(model, policy, exclude_blocks=())` returns a clone of ``model`` (a ModelPatcher of a family in
-  ``dit_families.DIT_FAMILIES``) whose self-attention calls are guided by ``policy``. It sets
-  ``model_options["transformer_options"]["optimized_attention_override"]`` (chaining an override that is already
-  there: that one then computes the plain attention *and* every extra attention of ours) and adds an
-  APPLY_MODEL wrapper that gives each model call a fresh call counter (APPLY_MODEL, not DIFFUSION_MODEL: some
-  DiTs, SD3's MMDiT for one, do not run DIFFUSION_MODEL wrappers).
-- A *policy* (:class:`GuidancePolicy`) decides the rows/tokens: ``policy.terms(call, site)`` returns the
-  :class:`~..attention_patches.guidance.GuidanceTerm` list for one self-attention call (``[]``/None = leave it
-  plain), ``policy.node_name`` names the node in messages. :class:`InBatchReferences` is RefDrop's in-batch
-  policy (paper Eq. 5 / 6, the first rows of each guidance chunk are references); a temporal policy (frames of
-  one row, video DiTs) or a reference-image policy (rows appended by a wrapper) implement the same method.
+- :func:`patch_dit(model, family, policy, excluded=frozenset())` returns a clone of ``model`` (``family``: its
+  bound ``dit_families`` entry) whose self-attention calls are guided by ``policy``. It sets the override
+  (chaining an override that is already there: that one then computes the plain attention *and* every extra
+  attention of ours) and adds an APPLY_MODEL wrapper that gives each model call a fresh call counter
+  (APPLY_MODEL, not DIFFUSION_MODEL: some DiTs, SD3's MMDiT for one, do not run DIFFUSION_MODEL wrappers).
+- A *policy* (:class:`GuidancePolicy`) says, for one self-attention call, which query tokens are guided toward
+  which keys/values: ``policy.groups(call, site)`` returns :class:`~..attention_patches.guidance.GuidanceGroup` s
+  (``[]``/None = leave it plain; raise :class:`NotUnderstood` for a layout it cannot read: the call runs
+  plain, with one warning). ``policy.node_name`` names the node in messages; ``stays_outermost = True`` keeps
+  the policy's override outermost when another one is applied later (it goes inside).
 - :class:`AttentionCall` is one call, normalised: q/k/v, heads, mask, layout (``token_axis``: 1 for
   (B, L, heads*dim), 2 for ComfyUI's ``skip_reshape`` (B, heads, L, dim)), ``out_token_axis``, the call's
   ``transformer_options`` (``cond_or_uncond``, ``sigmas``, ``grid_sizes``, ...) and ``forward`` (the per-forward
@@ -25,6 +26,7 @@ API (what a node or another guidance mode plugs in):
   same rows, same token count). Cross-attention (q and k from different sequences) is never touched, even
   when the token counts happen to be equal: the family's call order says which call is cross-attention.
 
+The blend is the one Eq. 5 / Eq. 6 implementation, :func:`~..attention_patches.guidance.reference_feature_guidance_`.
 Every extra attention goes through the backend ``func`` ComfyUI handed us (or the chained override) with the
 call's own keyword arguments, ``_inside_attn_wrapper`` included, so the user's attention backend runs it and
 the override is not re-entered. Nothing survives a forward; no K/V copies (views only), no attention matrices.
@@ -39,13 +41,9 @@ from typing import Protocol
 
 import comfy.patcher_extension
 
-from ..attention_patches.guidance import GuidanceTerm, Span, apply_guidance_, in_batch_terms, term_mask
-from ..attention_patches.layout import chunk_layout
-from . import dit_families
+from ..attention_patches.guidance import GuidanceGroup, reference_feature_guidance_
 from .attention_calls import FallbackNotice
 from .dit_families import CallSite
-from .refdrop_patch import RefDropSettings, check_reference_rows
-from .reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY
 
 OVERRIDE_KEY = "optimized_attention_override"
 # Set on the transformer_options of the extra attentions we compute: overrides of this pack pass them through.
@@ -121,75 +119,11 @@ class GuidancePolicy(Protocol):
 
     node_name: str
 
-    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None: ...
+    def groups(self, call: AttentionCall, site: CallSite) -> list[GuidanceGroup] | None: ...
 
 
-@dataclass(frozen=True)
-class InBatchReferences:
-    """RefDrop's in-batch policy (paper Eq. 5 / Eq. 6): the first rows of every guidance chunk are references.
-
-    Chunks come from ``cond_or_uncond`` (each is the whole latent batch); each classifier-free-guidance branch
-    uses its own reference rows. For joint text+image attention the reference's whole joint sequence is used.
-    """
-
-    settings: RefDropSettings
-
-    @property
-    def node_name(self) -> str:
-        return self.settings.node_name
-
-    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None:
-        options = call.transformer_options
-        if not self.settings.active_at(options):
-            return None
-        chunks = len(options.get("cond_or_uncond") or [0])
-        # Reference-image rows in front of each chunk (reference_rows.py) are neither references nor guided here.
-        leading = int(options.get(REFERENCE_ROWS_KEY) or 0)
-        layout = chunk_layout(call.rows, chunks, self.settings.reference_rows, leading)
-        if layout is None:
-            raise _NotUnderstood(f"{call.rows} rows do not split into {chunks} guidance chunks")
-        check_reference_rows(layout, self.settings)
-        return in_batch_terms(layout, self.settings.coefficients)
-
-
-@dataclass(frozen=True)
-class ReferenceImageRows:
-    """Apply RefDrop (Reference Image) on a DiT (our extension: clean reference images, not generated in the batch).
-
-    ``reference_rows.ReferenceRows`` puts the noised reference latents as extra rows in front of every guidance
-    chunk; those rows are the chunk's references for Eq. 5 / 6 and every other row of the chunk is guided. Stays
-    the outermost override (an in-batch Apply RefDrop applied later goes inside it), so its guidance applies on
-    top of the in-batch guidance, as on UNets.
-    """
-
-    settings: RefDropSettings
-    stays_outermost = True
-
-    @property
-    def node_name(self) -> str:
-        return self.settings.node_name
-
-    def terms(self, call: AttentionCall, site: CallSite) -> list[GuidanceTerm] | None:
-        options = call.transformer_options
-        extra = options.get(REFERENCE_ROWS_KEY)
-        if not extra or not self.settings.active_at(options):
-            return None
-        if extra != len(self.settings.coefficients):
-            raise _NotUnderstood(f"{extra} reference rows for {len(self.settings.coefficients)} reference images")
-        if options.get(REFERENCE_MASKS_KEY) is not None:
-            raise _NotUnderstood("subject masks are not placed on diffusion-transformer tokens")
-        chunks = len(options.get("cond_or_uncond") or [0])
-        layout = chunk_layout(call.rows, chunks, tuple(range(extra)))
-        if layout is None or layout.rows_per_chunk <= extra:
-            raise _NotUnderstood(f"{call.rows} rows do not split into {chunks} chunks with {extra} reference rows")
-        return in_batch_terms(layout, self.settings.coefficients)
-
-
-class _NotUnderstood(Exception):
+class NotUnderstood(Exception):
     """A call whose layout a policy cannot interpret: it runs plain, with one warning."""
-
-
-NotUnderstood = _NotUnderstood  # the public name, for policies outside this module (e.g. the temporal policy)
 
 
 class DiTAttentionOverride:
@@ -240,22 +174,21 @@ class DiTAttentionOverride:
             return out
         call, site = site
         try:
-            terms = self.policy.terms(call, site)
-        except _NotUnderstood as error:
+            groups = self.policy.groups(call, site)
+        except NotUnderstood as error:
             self.notice.report(f"{site.label}: {error}")
             return out
-        if not terms:
+        if not groups:
             return out
-        extra_options = dict(options)
-        extra_options[EXTRA_CALL_KEY] = True
+        extra_kwargs = dict(call.kwargs, transformer_options={**options, EXTRA_CALL_KEY: True})
 
-        def attention(queries, keys, values, term: GuidanceTerm, source: Span):
-            mask = term_mask(call.mask, call.rows, term, source, call.q_tokens, call.k_tokens)
-            extra_kwargs = dict(call.kwargs, transformer_options=extra_options)
+        def attention(queries, keys, values, mask):
             return run(func, queries, keys, values, call.heads, mask=mask, skip_reshape=call.skip_reshape,
                        skip_output_reshape=call.skip_output_reshape, **extra_kwargs)  # fmt: skip
 
-        return apply_guidance_(out, call.q, call.k, call.v, terms, attention, call.token_axis, call.out_token_axis)
+        return reference_feature_guidance_(
+            out, call.q, call.k, call.v, groups, attention, call.token_axis, call.out_token_axis, call.mask
+        )
 
     def site(self, args, kwargs, options):
         """(AttentionCall, CallSite) when this call is a guided self-attention call, else None (counted anyway)."""
@@ -290,24 +223,21 @@ class DiTAttentionOverride:
         return self
 
 
-def patch_dit(model, policy: GuidancePolicy, exclude_blocks=()):
-    """A clone of ``model`` whose self-attention calls ``policy`` guides (the blocks in ``exclude_blocks`` stay plain).
+def patch_dit(model, family, policy: GuidancePolicy, excluded: frozenset[str] = frozenset()):
+    """A clone of ``model`` whose self-attention calls ``policy`` guides (the blocks in ``excluded`` stay plain).
 
-    Raises ValueError when the model is not a supported diffusion transformer or a block name is unknown.
+    ``family`` is the model's bound diffusion-transformer family (``dit_families.dit_family``), looked up once by
+    the caller, which also checked the block names.
     """
-    family = dit_families.dit_family(model)
-    if family is None:
-        raise ValueError(f"{policy.node_name}: this model is not a supported diffusion transformer.")
-    dit_families.check_block_names(model, exclude_blocks, policy.node_name)
     patched = model.clone()
     options = patched.model_options.setdefault("transformer_options", {})
     previous = options.get(OVERRIDE_KEY)
     if isinstance(previous, DiTAttentionOverride) and getattr(previous.policy, "stays_outermost", False):
-        # reference-image guidance stays outermost: the new override goes inside it
-        override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), previous.previous)
+        # a policy that stays outermost (reference images) keeps its place: the new override goes inside it
+        override = DiTAttentionOverride(family, policy, frozenset(excluded), previous.previous)
         options[OVERRIDE_KEY] = previous.with_previous(override)
     else:
-        override = DiTAttentionOverride(family, policy, frozenset(exclude_blocks), previous)
+        override = DiTAttentionOverride(family, policy, frozenset(excluded), previous)
         options[OVERRIDE_KEY] = override
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, override.state_key, override.wrapper)
     return patched

@@ -1,24 +1,26 @@
-"""Temporal RefDrop on video diffusion transformers (Wan 2.x): a temporal policy for the shared DiT override.
+"""Temporal RefDrop's glue on video diffusion transformers (Wan 2.x today): a policy for the shared DiT override.
 
 Which attention calls are self-attention (and which are the text / CLIP-image cross-attentions of the same
-block) is decided by the one shared mechanism, :mod:`.attention_override` with the family tables of
-:mod:`.dit_families`. This module only says, for one self-attention call, which tokens are guided toward which:
+block) is decided by the one shared mechanism, :mod:`..dit_override` with the family tables of
+:mod:`..dit_families`. This module only says, for one self-attention call, which tokens are guided toward which:
 the model's ``transformer_options["grid_sizes"]`` (latent frames, height, width in tokens) splits every row
 (one whole clip) into frames, and every frame other than the reference frame is guided toward it
-(:func:`..attention_patches.temporal.temporal_terms`).
+(:func:`...attention_patches.temporal.reference_frame_groups`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..attention_patches.temporal import temporal_terms
-from . import dit_families
-from .attention_calls import FallbackNotice
-from .attention_override import AttentionCall, CallSite, NotUnderstood, patch_dit
-from .step_window import in_sigma_window
+from ...attention_patches.temporal import reference_frame_groups
+from .. import model_families
+from ..attention_calls import FallbackNotice
+from ..dit_families import CallSite
+from ..dit_override import AttentionCall, NotUnderstood, patch_dit
+from ..step_window import StepWindow
+from .blocks import excluded_blocks
+from .settings import TEMPORAL, ReferenceFrameSettings
 
-NODE_NAME = "Temporal RefDrop"
 SINGLE_FRAME = (
     "there is no other frame to guide toward it, so the model runs unchanged (reported once). Temporal RefDrop "
     "needs a video of at least 5 frames (2 latent frames)."
@@ -26,21 +28,10 @@ SINGLE_FRAME = (
 
 
 @dataclass(frozen=True)
-class TemporalRefDropSettings:
-    """What the node asked for: c, the reference (latent) frame, excluded block labels, the step window."""
-
-    strength: float
-    reference_frame: int
-    excluded_blocks: frozenset[str] = frozenset()
-    sigma_window: tuple[float, float] | None = None
-    node_name: str = NODE_NAME
-
-
-@dataclass(frozen=True)
-class TemporalReferenceFrame:
+class ReferenceFramePolicy:
     """The temporal guidance policy: in every row (a clip), frames t != r are guided toward frame r (Eq. 5)."""
 
-    settings: TemporalRefDropSettings
+    settings: ReferenceFrameSettings
     single_frame: FallbackNotice = field(compare=False, default=None)
 
     def __post_init__(self):
@@ -51,10 +42,9 @@ class TemporalReferenceFrame:
     def node_name(self) -> str:
         return self.settings.node_name
 
-    def terms(self, call: AttentionCall, site: CallSite):
+    def groups(self, call: AttentionCall, site: CallSite):
         options = call.transformer_options
-        window = self.settings.sigma_window
-        if window is not None and not in_sigma_window(options, *window):
+        if not self.settings.window.contains(options):
             return None
         grid = options.get("grid_sizes")
         if grid is None or len(grid) != 3:
@@ -75,14 +65,22 @@ class TemporalReferenceFrame:
         if frames == 1:
             self.single_frame.report("the clip has a single latent frame (an image)")
             return None
-        return temporal_terms(call.rows, frames, height * width, reference, self.settings.strength)
+        return reference_frame_groups(call.rows, frames, height * width, reference, self.settings.strength)
 
 
-def block_labels(model) -> list[str]:
-    """The model's block names as ``exclude_blocks`` accepts them (Wan: 'block 0'..)."""
-    return dit_families.block_labels(model)
-
-
-def patch_temporal_refdrop(model, settings: TemporalRefDropSettings):
-    """A clone of ``model`` with Temporal RefDrop on every self-attention outside the excluded blocks."""
-    return patch_dit(model, TemporalReferenceFrame(settings), settings.excluded_blocks)
+def apply_temporal_refdrop(
+    model,
+    strength: float,
+    reference_frame: int,
+    start_percent: float = 0.0,
+    end_percent: float = 1.0,
+    exclude_blocks: str = "",
+):
+    """A clone of a video DiT ``model`` with Temporal RefDrop on every self-attention outside the excluded blocks."""
+    family = model_families.require_family(model, TEMPORAL, (model_families.VIDEO_DIT,))
+    window = StepWindow.from_percents(model, start_percent, end_percent)
+    excluded = excluded_blocks(family, TEMPORAL, exclude_blocks)
+    if strength == 0.0:
+        return model.clone()
+    settings = ReferenceFrameSettings(float(strength), int(reference_frame), window)
+    return patch_dit(model, family.dit, ReferenceFramePolicy(settings), excluded)
