@@ -6,13 +6,19 @@ the model does not set them), the position of the call among the calls with that
 the call itself, and says which block it belongs to and whether it is self-attention. Block labels are the
 names ``exclude_blocks`` accepts (lower case, words separated by single spaces).
 
+Each call site also says where the call's image tokens are (``image_layout``), from which
+:meth:`DiTFamily.with_image_tokens` places them (:class:`~..attention_patches.tokens.ImageTokens`: start, grid,
+patch) for subject masks and regions: the grid is the model input's latent padded up to whole patches.
+
 Families are matched by the exact class of ``model.diffusion_model`` (a subclass may call attention
-differently: it is listed only once tested).
+differently: it is listed only once tested); :func:`dit_family` returns the family bound to one model (its
+patch size, call plan).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import comfy.ldm.chroma.model
 import comfy.ldm.cosmos.predict2
@@ -22,6 +28,14 @@ import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.qwen_image.model
 import comfy.ldm.wan.model
 
+from ..attention_patches.tokens import ImageTokens, patch_grid
+
+# Where a self-attention call's image tokens are (CallSite.image_layout):
+IMAGE_ONLY = "image only"  # the call's sequence starts with the image tokens (padding may follow)
+TEXT_THEN_IMAGE = "text, image"  # [text (the model's context tokens); image; appended condition tokens]
+IMAGE_LAST = "..., image"  # [other tokens; image (padded to the family's token multiple)]
+NO_IMAGE = "no image"  # text only (a caption refiner)
+
 
 @dataclass(frozen=True)
 class CallSite:
@@ -30,6 +44,8 @@ class CallSite:
     label: str | None
     self_attention: bool
     problem: str | None = None
+    image_layout: str = NO_IMAGE
+    image: ImageTokens | None = None  # placed by DiTFamily.with_image_tokens for guided calls
 
 
 def _unexpected(key, ordinal) -> CallSite:
@@ -44,9 +60,51 @@ class DiTFamily:
     model_classes: tuple[type, ...] = ()
     # README: how guidance chunks and blocks are named.
     naming: str = ""
+    patch: tuple[int, int, int] = (1, 2, 2)  # latent pixels per token (frames, height, width); bound per model
+    token_multiple: int | None = None  # the image tokens are padded to a multiple of this (Z-Image)
 
     def matches(self, diffusion_model) -> bool:
         return type(diffusion_model) in self.model_classes
+
+    def bind(self, diffusion_model) -> DiTFamily:
+        """This family for one model: its patch size (and, in subclasses, its call plan)."""
+        bound = copy.copy(self)
+        bound.patch = self.patch_of(diffusion_model)
+        return bound
+
+    def patch_of(self, diffusion_model) -> tuple[int, int, int]:
+        size = getattr(diffusion_model, "patch_size", 2)
+        if isinstance(size, (tuple, list)):
+            return (1, *size[-2:]) if len(size) == 2 else tuple(size)
+        return (1, int(size), int(size))
+
+    def with_image_tokens(self, site: CallSite, call) -> CallSite:
+        """``site`` with its image tokens placed (``site.image``), or a problem when the sequence does not fit."""
+        forward = call.forward
+        if site.image_layout == NO_IMAGE or forward is None or forward.latent_shape is None:
+            return site
+        latent = forward.latent_shape[2:]
+        if len(latent) == 2:
+            frames, (height, width) = 1, patch_grid(latent, self.patch[1:])
+        else:
+            frames, height, width = patch_grid(latent[-3:], self.patch)
+        image = ImageTokens(0, frames, height, width, tuple(latent[-2:]), self.patch[1:])
+        tokens = call.q_tokens
+        if site.image_layout == TEXT_THEN_IMAGE:
+            start = forward.context_tokens or 0
+        elif site.image_layout == IMAGE_LAST:
+            multiple = self.token_multiple
+            padded = image.count if not multiple else -(-image.count // multiple) * multiple
+            start = tokens - padded
+        else:
+            start = 0
+        if start < 0 or start + image.count > tokens:
+            problem = (
+                f"{site.label}: the {image.count} image tokens of a {'x'.join(map(str, latent))} latent do not fit "
+                f"the call's {tokens} tokens"
+            )
+            return replace(site, image=None, problem=problem)
+        return replace(site, image=replace(image, start=start))
 
     def block_labels(self, diffusion_model) -> list[str]:
         raise NotImplementedError
@@ -70,7 +128,7 @@ class FluxFamily(DiTFamily):
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key
         if block_type in ("double", "single") and index is not None and ordinal == 0:
-            return CallSite(f"{block_type} {index}", True)
+            return CallSite(f"{block_type} {index}", True, image_layout=TEXT_THEN_IMAGE)
         return _unexpected(key, ordinal)
 
 
@@ -92,7 +150,7 @@ class QwenImageFamily(DiTFamily):
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key
         if block_type == "double" and index is not None and ordinal == 0:
-            return CallSite(f"block {index}", True)
+            return CallSite(f"block {index}", True, image_layout=TEXT_THEN_IMAGE)
         return _unexpected(key, ordinal)
 
 
@@ -125,12 +183,12 @@ class LuminaFamily(DiTFamily):
             return CallSite(None, False, "Z-Image omni inputs (reference latents) are not guided")
         block_type, index = key
         if block_type == "double" and index is not None and ordinal == 0:
-            return CallSite(f"layer {index}", True)
+            return CallSite(f"layer {index}", True, image_layout=IMAGE_LAST)
         if key == (None, None):
             if ordinal < self.context_refiners:
-                return CallSite(f"context refiner {ordinal}", True)
+                return CallSite(f"context refiner {ordinal}", True, image_layout=NO_IMAGE)
             if ordinal < self.context_refiners + self.noise_refiners:
-                return CallSite(f"noise refiner {ordinal - self.context_refiners}", True)
+                return CallSite(f"noise refiner {ordinal - self.context_refiners}", True, image_layout=IMAGE_ONLY)
         return _unexpected(key, ordinal)
 
 
@@ -150,7 +208,7 @@ class SD3Family(DiTFamily):
 
     def call_site(self, key, ordinal, call) -> CallSite:
         if key == (None, None) and ordinal < len(self.plan):
-            return CallSite(self.plan[ordinal], True)
+            return CallSite(self.plan[ordinal], True, image_layout=IMAGE_LAST)
         return _unexpected(key, ordinal)
 
 
@@ -165,10 +223,14 @@ class CosmosPredict2Family(DiTFamily):
     def block_labels(self, diffusion_model) -> list[str]:
         return [f"block {i}" for i in range(len(diffusion_model.blocks))]
 
+    def patch_of(self, diffusion_model) -> tuple[int, int, int]:
+        spatial = int(diffusion_model.patch_spatial)
+        return (int(diffusion_model.patch_temporal), spatial, spatial)
+
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key
         if block_type is None and index is not None and ordinal in (0, 1):
-            return CallSite(f"block {index}", ordinal == 0)
+            return CallSite(f"block {index}", ordinal == 0, image_layout=IMAGE_ONLY if ordinal == 0 else NO_IMAGE)
         return _unexpected(key, ordinal)
 
 
@@ -192,7 +254,7 @@ class WanFamily(DiTFamily):
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key
         if block_type == "double" and index is not None and ordinal <= self.cross_calls:
-            return CallSite(f"block {index}", ordinal == 0)
+            return CallSite(f"block {index}", ordinal == 0, image_layout=IMAGE_ONLY if ordinal == 0 else NO_IMAGE)
         return _unexpected(key, ordinal)
 
 
@@ -217,18 +279,20 @@ def dit_family(model_patcher) -> DiTFamily | None:
     for family in FAMILIES:
         if family.matches(diffusion_model):
             if isinstance(family, LuminaFamily):
-                return LuminaFamily(len(diffusion_model.context_refiner), len(diffusion_model.noise_refiner))
-            if isinstance(family, SD3Family):
+                bound = LuminaFamily(len(diffusion_model.context_refiner), len(diffusion_model.noise_refiner))
+                bound.token_multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
+                family = bound
+            elif isinstance(family, SD3Family):
                 plan = []
                 for i, block in enumerate(diffusion_model.joint_blocks):
                     plan.append(f"joint {i}")
                     if block.x_block.x_block_self_attn:
                         plan.append(f"joint {i}")
-                return SD3Family(tuple(plan))
-            if isinstance(family, WanFamily):
+                family = SD3Family(tuple(plan))
+            elif isinstance(family, WanFamily):
                 i2v = isinstance(diffusion_model.blocks[0].cross_attn, comfy.ldm.wan.model.WanI2VCrossAttention)
-                return WanFamily(cross_calls=2 if i2v else 1)
-            return family
+                family = WanFamily(cross_calls=2 if i2v else 1)
+            return family.bind(diffusion_model)
     return None
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import comfy.patcher_extension
+import torch
 
 from ..attention_patches.guidance import GuidanceGroup, reference_feature_guidance_
 from .attention_calls import FallbackNotice
@@ -52,10 +53,16 @@ EXTRA_CALL_KEY = "refguide_extra_attention"
 
 @dataclass
 class ForwardState:
-    """One diffusion-model forward, as the wrapper saw it: call counter per block key, the model's inputs."""
+    """One diffusion-model forward, as the wrapper saw it: call counter per block key, the model's inputs.
+
+    ``latent_shape``: the model input x (B, C, [T,] H, W); ``context_tokens``: tokens of its c_crossattn (the text
+    the model embeds in front of the image tokens of joint attention), None when absent.
+    """
 
     inputs: dict
     calls: dict = field(default_factory=dict)
+    latent_shape: tuple[int, ...] | None = None
+    context_tokens: int | None = None
 
     def next_ordinal(self, key) -> int:
         ordinal = self.calls.get(key, 0)
@@ -156,15 +163,34 @@ class DiTAttentionOverride:
         if options is None:
             return executor(*args, **kwargs)
         inputs = {name: value for name, value in kwargs.items() if name != "transformer_options"}
-        options[self.state_key] = ForwardState(inputs)
+        # APPLY_MODEL's positional inputs: x, t, c_concat, c_crossattn, control, transformer_options
+        x = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("x")
+        context = args[3] if len(args) > 3 else kwargs.get("c_crossattn")
+        options[self.state_key] = ForwardState(
+            inputs,
+            latent_shape=tuple(x.shape) if torch.is_tensor(x) else None,
+            context_tokens=context.shape[1] if torch.is_tensor(context) and context.ndim >= 2 else None,
+        )
         try:
             return executor(*args, **kwargs)
         finally:
             options.pop(self.state_key, None)
 
     # --- the override ------------------------------------------------------------------------------------
+    knows_reference_rows = True  # the policies read the reference-image rows themselves (reference_rows)
+
     def __call__(self, func, *args, **kwargs):
-        run = self.previous or (lambda f, *a, **kw: f(*a, **kw))
+        # reference_rows imports this module, so it is looked up at use. Another node's override chained before
+        # ours sees only the latent batch's rows (row_safe_override); one that chains ours from outside got them
+        # hidden: they are put back for the policy and its output for them handed back (reveal / conceal).
+        from .reference_rows import reveal_reference_rows, row_safe_override
+
+        hidden, args, kwargs = reveal_reference_rows(args, kwargs)
+        out = self.guided(row_safe_override(self.previous), func, *args, **kwargs)
+        return out if hidden is None else hidden.conceal(out)
+
+    def guided(self, run, func, *args, **kwargs):
+        """The plain attention through ``run`` (the override set before ours, or the backend), then the policy's."""
         options = kwargs.get("transformer_options") or {}
         if options.get(EXTRA_CALL_KEY):
             return run(func, *args, **kwargs)
@@ -205,6 +231,8 @@ class DiTAttentionOverride:
         call = AttentionCall(q, k, v, heads, mask, skip_reshape, skip_output_reshape, rest, options, forward)
         key = (options.get("block_type"), options.get("block_index"))
         site = self.family.call_site(key, forward.next_ordinal(key), call)
+        if site.self_attention and site.label not in self.excluded and not site.problem:
+            site = self.family.with_image_tokens(site, call)
         if site.problem:
             self.notice.report(site.problem)
             return None

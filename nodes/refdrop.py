@@ -83,6 +83,16 @@ class ApplyRefDrop(io.ComfyNode):
                     ),
                 ),
                 *window_inputs(),
+                io.Mask.Input(
+                    "regions",
+                    optional=True,
+                    tooltip=(
+                        "Optional regions (this pack's extension): where in the GENERATED image each reference guides "
+                        "(white = guide here), one mask for all references or one per reference in reference order. "
+                        "Two references with a left and a right region give two different characters in one image. "
+                        "Drawn at the generated image's size (other sizes are centre-cropped to its aspect)."
+                    ),
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The model with RefDrop applied (a clone; the input is unchanged).")],
         )
@@ -123,19 +133,13 @@ class ApplyRefDrop(io.ComfyNode):
         exclude_blocks="",
         start_percent=0.0,
         end_percent=1.0,
+        regions=None,
     ) -> io.NodeOutput:
-        return io.NodeOutput(
-            glue.apply_refdrop(
-                model,
-                strength,
-                reference_count,
-                skip_up1,
-                reference_strengths,
-                exclude_blocks,
-                start_percent,
-                end_percent,
-            )
-        )
+        patched = glue.apply_refdrop(
+            model, strength, reference_count, skip_up1, reference_strengths, exclude_blocks, start_percent,
+            end_percent, regions,
+        )  # fmt: skip
+        return io.NodeOutput(patched)
 
 
 class ApplyRefDropImage(io.ComfyNode):
@@ -153,10 +157,18 @@ class ApplyRefDropImage(io.ComfyNode):
                 "guidance branch; every generated image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V) (Eq. 5; Eq. 6 for several references). Keeps a character from one picture "
                 "consistent across a whole batch or story. Optional subject masks restrict the reference to the "
-                "subject. Works with SD1.x, SD2.x, SDXL and Flux (masks: UNets only); combines with Apply RefDrop."
+                "subject. Works with SD1.x, SD2.x, SDXL and the diffusion transformers Flux (incl. Flux Kontext), "
+                "Chroma, Qwen-Image (incl. Qwen-Image-Edit), Lumina 2 / Z-Image, SD3 / SD3.5 and Cosmos Predict2 "
+                "(subject masks and regions on all of them); combines with Apply RefDrop."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x, SD2.x, SDXL or Flux model to patch (a clone is returned)."),
+                io.Model.Input(
+                    "model",
+                    tooltip=(
+                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL, Flux, Chroma, Qwen-Image, "
+                        "Lumina 2 / Z-Image, SD3 / SD3.5 or Cosmos Predict2."
+                    ),
+                ),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of the same checkpoint: encodes the references once, when the node runs."
                 ),
@@ -227,6 +239,16 @@ class ApplyRefDropImage(io.ComfyNode):
                         "or one per reference. All white = no mask; all black = no guidance."
                     ),
                 ),
+                io.Mask.Input(
+                    "regions",
+                    optional=True,
+                    tooltip=(
+                        "Optional regions (this pack's extension): where in the GENERATED image each reference guides "
+                        "(white = guide here), one mask for all references or one per reference in reference order. "
+                        "Two references with a left and a right region give two different characters in one image. "
+                        "Drawn at the generated image's size (other sizes are centre-cropped to its aspect)."
+                    ),
+                ),
             ],
             outputs=[
                 io.Model.Output(tooltip="The model with reference-image RefDrop (a clone; the input is unchanged).")
@@ -262,22 +284,13 @@ class ApplyRefDropImage(io.ComfyNode):
         start_percent=0.0,
         end_percent=1.0,
         mask=None,
+        regions=None,
     ) -> io.NodeOutput:
-        return io.NodeOutput(
-            glue.apply_reference_image(
-                model,
-                vae,
-                image,
-                strength,
-                seed,
-                skip_up1,
-                reference_strengths,
-                exclude_blocks,
-                start_percent,
-                end_percent,
-                mask,
-            )
-        )
+        patched = glue.apply_reference_image(
+            model, vae, image, strength, seed, skip_up1, reference_strengths, exclude_blocks, start_percent,
+            end_percent, mask, regions,
+        )  # fmt: skip
+        return io.NodeOutput(patched)
 
 
 class RefDropPromptBatch(io.ComfyNode):

@@ -31,6 +31,26 @@ def character(size: tuple[int, int], background: tuple[int, int, int], scale: fl
     return image.filter(ImageFilter.SMOOTH)
 
 
+def second_character() -> Image.Image:
+    """Another cartoon character for the two-character workflows (short black hair, round glasses, yellow raincoat),
+    framed like refdrop_character_1.png (512 x 640) so the two batch together without a crop."""
+    w, h = 512, 640
+    image = Image.new("RGB", (w, h), (236, 226, 210))
+    d = ImageDraw.Draw(image)
+    cx, cy, r = w // 2, int(h * 0.42), int(min(w, h) * 0.22 * 1.2)
+    d.rounded_rectangle([cx - 2.0 * r, cy + 0.9 * r, cx + 2.0 * r, cy + 4.5 * r], radius=r, fill=(235, 190, 40))
+    d.polygon([(cx - 0.35 * r, cy + 0.9 * r), (cx + 0.35 * r, cy + 0.9 * r), (cx, cy + 1.6 * r)], fill=(60, 60, 70))
+    d.ellipse([cx - 1.1 * r, cy - 1.2 * r, cx + 1.1 * r, cy + 0.1 * r], fill=(30, 28, 32))  # short hair
+    d.ellipse([cx - 0.95 * r, cy - 0.85 * r, cx + 0.95 * r, cy + 1.0 * r], fill=(150, 100, 70))  # face
+    for ex in (-0.38, 0.38):  # eyes behind round glasses
+        d.ellipse([cx + (ex - 0.1) * r, cy - 0.2 * r, cx + (ex + 0.1) * r, cy], fill=(25, 25, 30))
+        d.ellipse([cx + (ex - 0.27) * r, cy - 0.37 * r, cx + (ex + 0.27) * r, cy + 0.17 * r], outline=(20, 20, 20),
+                  width=5)  # fmt: skip
+    d.line([(cx - 0.11 * r, cy - 0.12 * r), (cx + 0.11 * r, cy - 0.12 * r)], fill=(20, 20, 20), width=5)
+    d.arc([cx - 0.35 * r, cy + 0.2 * r, cx + 0.35 * r, cy + 0.6 * r], 20, 160, fill=(90, 40, 40), width=4)
+    return image.filter(ImageFilter.SMOOTH)
+
+
 def structure() -> Image.Image:
     """A person-like silhouette on a bench: clear edges for the Canny ControlNet."""
     image = Image.new("RGB", (512, 512), (235, 235, 235))
@@ -91,6 +111,8 @@ IMAGES = {
     "easyref_structure.png": structure,
     "refdrop_svd_input.png": svd_start,
     "refdrop_reference_character.png": character_with_subject_alpha,
+    "refdrop_character_1.png": lambda: character((512, 640), (215, 228, 240), 1.2, 0),  # opaque: any model
+    "refdrop_character_2.png": second_character,
     "refdrop_wan_input.png": wan_start,
 }
 

@@ -3,10 +3,10 @@
 Generators only say which nodes exist and how they connect; ``Workflow.to_json`` computes everything the user sees
 when the file opens: node positions (auto-layout from the graph, links left to right, nothing overlapping), node
 sizes (at least what the front end needs for the node's widgets), ComfyUI groups around related nodes, the
-``properties.models`` download entries of every loader (from the ``MODEL_FILES`` table) and the saved view (scale
+``properties.models`` download entries of every loader (from the ``MODEL_SOURCES`` table) and the saved view (scale
 and offset, clear of the front end's side bar). ``tests/e2e/test_frontend_browser.py`` checks all of it in the real
 front end. New node types: add their outputs to ``OUTPUTS`` (and a group to ``GROUP_OF``, a minimum size to
-``MIN_SIZE`` where the estimate is too small); new model files: add them to ``MODEL_FILES``.
+``MIN_SIZE`` where the estimate is too small); new model files: add them to ``MODEL_SOURCES``.
 """
 
 from __future__ import annotations
@@ -62,12 +62,35 @@ WAN_FILES = [
     {"name": "wan_2.1_vae.safetensors", "url": f"{WAN22}/vae/wan_2.1_vae.safetensors", "directory": "vae"},
 ]  # fmt: skip
 
-# Every model file a workflow names in a widget, by file name: the builder attaches the entry to the node's
-# `properties.models` (what the front end's missing-models dialog reads: name, url, directory).
-MODEL_FILES = {
-    entry["name"]: entry
-    for entry in (SDXL_BASE, SVD_XT, EASYREF_CHECKPOINT, CONTROLNET_CANNY_SDXL, *FLUX_FILES, *WAN_FILES)
-}
+ZIMAGE = f"{HF}/Comfy-Org/z_image_turbo/resolve/main/split_files"
+ZIMAGE_FILES = [
+    {"name": "z_image_turbo_bf16.safetensors", "url": f"{ZIMAGE}/diffusion_models/z_image_turbo_bf16.safetensors",
+     "directory": "diffusion_models"},
+    {"name": "qwen_3_4b.safetensors", "url": f"{ZIMAGE}/text_encoders/qwen_3_4b.safetensors",
+     "directory": "text_encoders"},
+    # the Flux VAE, repackaged without Flux's licence gate (same file name and folder as FLUX_FILES' ae.safetensors)
+    {"name": "ae.safetensors", "url": f"{ZIMAGE}/vae/ae.safetensors", "directory": "vae"},
+]  # fmt: skip
+QWEN_IMAGE = f"{HF}/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files"
+QWEN_IMAGE_FILES = [
+    {"name": "qwen_image_fp8_e4m3fn.safetensors", "url": f"{QWEN_IMAGE}/diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+     "directory": "diffusion_models"},
+    {"name": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+     "url": f"{QWEN_IMAGE}/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "directory": "text_encoders"},
+    {"name": "qwen_image_vae.safetensors", "url": f"{QWEN_IMAGE}/vae/qwen_image_vae.safetensors", "directory": "vae"},
+]  # fmt: skip
+
+# Every download entry a workflow may attach, by file name (what the front end's missing-models dialog reads: name,
+# url, directory). A file that several repositories ship under one name (the Flux VAE `ae.safetensors`, also
+# repackaged for Z-Image) has one entry per source: a workflow picks its source with `Workflow.add(...,
+# models=[entry])`, else it gets the first one.
+MODEL_SOURCES: dict[str, list[dict]] = {}
+for _entry in (SDXL_BASE, SVD_XT, EASYREF_CHECKPOINT, CONTROLNET_CANNY_SDXL, *FLUX_FILES, *WAN_FILES, *ZIMAGE_FILES,
+               *QWEN_IMAGE_FILES):  # fmt: skip
+    MODEL_SOURCES.setdefault(_entry["name"], []).append(_entry)
+# Every model file a workflow names in a widget, by file name: the builder attaches this entry to the node's
+# `properties.models` unless the node names another of the file's MODEL_SOURCES.
+MODEL_FILES = {name: entries[0] for name, entries in MODEL_SOURCES.items()}
 
 # Output sockets of the node types the workflows use: (name, type). Add the types a new workflow uses.
 OUTPUTS = {
@@ -98,7 +121,24 @@ OUTPUTS = {
     "ControlNetLoader": [("CONTROL_NET", "CONTROL_NET")],
     "ControlNetApplyAdvanced": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
     "Canny": [("IMAGE", "IMAGE")],
+    "UNETLoader": [("MODEL", "MODEL")],
+    "CLIPLoader": [("CLIP", "CLIP")],
+    "DualCLIPLoader": [("CLIP", "CLIP")],
+    "VAELoader": [("VAE", "VAE")],
+    "ModelSamplingAuraFlow": [("MODEL", "MODEL")],
+    "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
+    "ConditioningZeroOut": [("CONDITIONING", "CONDITIONING")],
+    "EmptySD3LatentImage": [("LATENT", "LATENT")],
+    "BatchImagesNode": [("IMAGE", "IMAGE")],
+    "BatchMasksNode": [("MASK", "MASK")],
+    "SolidMask": [("MASK", "MASK")],
+    "MaskComposite": [("MASK", "MASK")],
 }
+
+# Nodes with a growing list of inputs (ComfyUI's Autogrow: Batch Images, Batch Masks): (input, socket prefix). Connect
+# them as "<input>.<prefix>0", "<input>.<prefix>1", ...; the builder adds the empty socket the front end shows after
+# the last connected one, as the front end saves these nodes.
+AUTOGROW = {"BatchImagesNode": ("images", "image"), "BatchMasksNode": ("masks", "mask")}
 
 
 # ComfyUI group (titled box) each node type is placed in; `Workflow.add(..., group=...)` overrides it. Types not
@@ -130,6 +170,11 @@ GROUP_OF = {
     "ImageFromBatch": "Sampling",
     "ImageBatch": "Sampling",
     "ImageScale": "Sampling",
+    "ModelSamplingAuraFlow": "Models",
+    "BatchImagesNode": "References",
+    "SolidMask": "Regions",
+    "MaskComposite": "Regions",
+    "BatchMasksNode": "Regions",
 }
 
 # Smallest [width, height] per node type, at least what node.computeSize() asks for in the pinned and the newest
@@ -137,6 +182,7 @@ GROUP_OF = {
 # their sockets and widgets. The browser test fails, naming the type and size, when a node is too small.
 MIN_SIZE = {
     "ApplyRefDrop": (340, 250),
+    "ApplyRefDropImage": (340, 320),
     "LoadImage": (320, 360),
     "SaveImage": (420, 420),
     "SaveAnimatedWEBP": (420, 420),
@@ -162,6 +208,7 @@ VIEW_ORIGIN = (110, 110)  # screen position of the content's top-left: right of 
 GROUP_COLORS = {
     "Models": "#3f5159",
     "References": "#335533",
+    "Regions": "#2f5d50",
     "EasyRef": "#553355",
     "RefDrop": "#355e6b",
     "Prompts": "#444444",
@@ -187,7 +234,8 @@ class Workflow:
     ) -> int:
         """Add a node; ``inputs`` maps input names to (source node id, output slot). ``size`` is a minimum (the
         front end's own minimum for the type is used when larger); ``group`` overrides ``GROUP_OF``; ``models``
-        adds ``properties.models`` entries beyond the ``MODEL_FILES`` ones found in the widget values."""
+        picks the ``properties.models`` entry of a file the widget values name (one of its ``MODEL_SOURCES``; the
+        first when not given) and adds entries beyond them."""
         node_id = len(self.nodes) + 1
         node = {
             "id": node_id,
@@ -207,8 +255,10 @@ class Workflow:
         }
         if title:
             node["title"] = title
-        entries = [MODEL_FILES[v] for v in node["widgets_values"] if isinstance(v, str) and v in MODEL_FILES]
-        entries += [m for m in (models or []) if m not in entries]
+        named = {m["name"]: m for m in (models or [])}
+        files = [v for v in node["widgets_values"] if isinstance(v, str) and v in MODEL_FILES]
+        entries = [named.get(v, MODEL_FILES[v]) for v in files]
+        entries += [m for m in (models or []) if m not in entries and m["name"] not in files]
         if entries:
             node["properties"]["models"] = [dict(m) for m in entries]
         self.nodes.append(node)
@@ -216,7 +266,20 @@ class Workflow:
             self.groups[node_id] = group
         for name, (source, slot) in (inputs or {}).items():
             self.connect(source, slot, node_id, name)
+        if node_type in AUTOGROW:
+            self._autogrow_slot(node)
         return node_id
+
+    def _autogrow_slot(self, node: dict) -> None:
+        """Label the connected sockets of a growing-inputs node and add the next, empty one (optional: shape 7)."""
+        group, prefix = AUTOGROW[node["type"]]
+        for socket in node["inputs"]:
+            socket["label"] = socket["name"].split(".", 1)[1]
+        count = len(node["inputs"])
+        kind = node["outputs"][0]["type"]
+        node["inputs"].append(
+            {"label": f"{prefix}{count}", "name": f"{group}.{prefix}{count}", "shape": 7, "type": kind, "link": None}
+        )
 
     def connect(self, source_id, source_slot, target_id, input_name):
         source = self.nodes[source_id - 1]

@@ -152,6 +152,88 @@ def subject_only() -> Workflow:
     return sdxl_refdrop_picture(note, with_mask=True, seed=42, prefix="RefDrop_subject_only")
 
 
+CHARACTER_PICTURES = ("refdrop_character_1.png", "refdrop_character_2.png")  # opaque, 512 x 640 each
+TWO_CHARACTERS_PROMPT = (
+    "photo of two friends sitting side by side on a park bench in autumn, on the left a young woman with short red "
+    "hair and freckles in a green wool coat, on the right a young man with short black hair and round glasses in a "
+    "yellow raincoat"
+)
+TWO_CHARACTERS_SIZE = (1216, 832)  # landscape: room for two people side by side
+
+
+def two_characters_inputs(wf: Workflow, width: int, height: int) -> tuple[int, int]:
+    """Two Load Image pictures joined by Batch Images (reference 1, reference 2) and their regions in the generated
+    image's frame: a black canvas with a white half composited at x = 0 (left) and at x = width / 2 (right), joined
+    by Batch Masks in reference order. Returns the node ids of (images, regions)."""
+    first = wf.add("LoadImage", None, [CHARACTER_PICTURES[0], "image"], size=(320, 360), title="Load Image (left)")
+    second = wf.add("LoadImage", None, [CHARACTER_PICTURES[1], "image"], size=(320, 360), title="Load Image (right)")
+    images = wf.add("BatchImagesNode", None, [], {"images.image0": (first, 0), "images.image1": (second, 0)},
+                    size=(240, 100))  # fmt: skip
+    canvas = wf.add("SolidMask", None, [0.0, width, height], size=(280, 110), title="Canvas (black)")
+    half = wf.add("SolidMask", None, [1.0, width // 2, height], size=(280, 110), title="Half (white)")
+    left = wf.add("MaskComposite", None, [0, 0, "add"], {"destination": (canvas, 0), "source": (half, 0)},
+                  size=(300, 150), title="Region 1 (left)")  # fmt: skip
+    right = wf.add("MaskComposite", None, [width // 2, 0, "add"], {"destination": (canvas, 0), "source": (half, 0)},
+                   size=(300, 150), title="Region 2 (right)")  # fmt: skip
+    regions = wf.add("BatchMasksNode", None, [], {"masks.mask0": (left, 0), "masks.mask1": (right, 0)},
+                     size=(240, 100))  # fmt: skip
+    return images, regions
+
+
+def regions_note(width: int, height: int) -> str:
+    """How the two pictures and their regions are wired (shared by the SDXL and the Flux workflow)."""
+    return (
+        "The two pictures are joined by **Batch Images** in order: picture 1 (left) is reference 1, picture 2 "
+        "(right) reference 2. The **regions** say where in the generated image each reference guides (white = "
+        f"here): *Create Solid Mask* makes a black {width} x {height} canvas (the image's size) and a white "
+        f"{width // 2} x {height} half, *Combine Masks* puts the half at x = 0 (region 1) and x = {width // 2} "
+        "(region 2), *Batch Masks* joins them in reference order. Inside each region the generated image's "
+        "self-attention is pulled toward its own reference only, so the two characters do not blend.\n\n"
+        "- The prompt names both characters, left and right, so the layout matches the regions.\n"
+        "- Other layouts: change the half's size and the x / y of *Combine Masks*, or paint a mask of the image's "
+        "size (e.g. *Load Image (as Mask)*) per reference; one mask per picture, in picture order.\n"
+    )
+
+
+def two_characters() -> Workflow:
+    """SDXL: two pictures -> Apply RefDrop (Reference Image) with left / right regions -> four images of both."""
+    width, height = TWO_CHARACTERS_SIZE
+    wf = Workflow()
+    ckpt = wf.add("CheckpointLoaderSimple", None, ["sd_xl_base_1.0.safetensors"], size=(320, 100),
+                  models=[SDXL_BASE])  # fmt: skip
+    images, regions = two_characters_inputs(wf, width, height)
+    refdrop = wf.add(
+        "ApplyRefDropImage", None, [0.35, 42, "fixed", False, "0.35, 0.35", "", 0.0, 1.0],
+        {"model": (ckpt, 0), "vae": (ckpt, 2), "image": (images, 0), "regions": (regions, 0)}, size=(340, 320),
+        group="RefDrop",
+    )  # fmt: skip
+    positive = wf.add("CLIPTextEncode", None, [TWO_CHARACTERS_PROMPT], {"clip": (ckpt, 1)}, size=(420, 160))
+    negative = wf.add("CLIPTextEncode", None, [NEGATIVE], {"clip": (ckpt, 1)}, size=(420, 120),
+                      title="CLIP Text Encode (Negative Prompt)")  # fmt: skip
+    latent = wf.add("EmptyLatentImage", None, [width, height, 4], size=(320, 110))
+    sampler = wf.add(
+        "KSampler",
+        None,
+        [42, "fixed", 20, 5.0, "dpmpp_2m", "karras", 1.0],
+        {"model": (refdrop, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
+        size=(320, 270),
+    )
+    decode = wf.add("VAEDecode", None, [], {"samples": (sampler, 0), "vae": (ckpt, 2)}, size=(200, 50))
+    wf.add("SaveImage", None, ["RefDrop_two_characters"], {"images": (decode, 0)}, size=(520, 560))
+    wf.note(
+        None,
+        "## RefDrop: two characters in one image\n\n"
+        "Two pictures, one character each, guide one image: *Apply RefDrop (Reference Image)* encodes both with the "
+        "VAE and runs them, noised to each step's level, as extra batch rows; `reference_strengths` = 0.35, 0.35 "
+        "gives each its own c (Eq. 6).\n\n"
+        + regions_note(width, height)
+        + "- More likeness: raise the strengths; freer layout: turn on `skip_up1` or end the guidance earlier "
+        "(`end_percent`).\n\n" + MODEL_NOTE,
+        size=(400, 700),
+    )
+    return wf
+
+
 def build() -> dict[str, Workflow]:
     return {
         "refdrop_sdxl_consistent_character": consistent_character(),
@@ -159,4 +241,5 @@ def build() -> dict[str, Workflow]:
         "refdrop_sdxl_blend_two_references": blend_two_references(),
         "refdrop_sdxl_character_from_picture": character_from_picture(),
         "refdrop_sdxl_subject_only": subject_only(),
+        "refdrop_sdxl_two_characters": two_characters(),
     }

@@ -12,12 +12,14 @@ import logging
 import comfy.patcher_extension
 import torch
 
+from ...attention_patches.tokens import TokenMasks
 from .. import model_families
 from ..dit_override import patch_dit
 from ..reference_rows import ReferenceRows
 from ..step_window import StepWindow
 from .blocks import excluded_blocks, guided_unet_blocks
 from .dit import ReferenceImageRows
+from .regions import region_masks
 from .settings import REFERENCE_IMAGE, RefDropSettings, coefficients_for
 from .unet import ReferenceImageAttention, patch_self_attention
 
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 NODE_NAME = REFERENCE_IMAGE
 WRAPPER_KEY = "refguide_refdrop_reference_images"
-DIT_FAMILIES = ("Flux",)  # diffusion transformers that take reference pictures (whole pictures, no masks)
+# diffusion transformers that take reference pictures (whole pictures, no masks): every image DiT family
 
 
 def apply_reference_image(
@@ -40,16 +42,16 @@ def apply_reference_image(
     start_percent: float = 0.0,
     end_percent: float = 1.0,
     mask: torch.Tensor | None = None,
+    regions: torch.Tensor | None = None,
 ):
-    """A clone of ``model`` guided toward the pictures of ``image`` (every image one reference, E of them).
+    """A clone of ``model`` guided toward the pictures of ``image`` (every image one reference, E of them), each
+    within its region of the generated images when ``regions`` (MASK, one per reference) is given.
 
     References with strength 0 or an all-black subject mask add no row; the others keep the noise the seed
     draws for the whole reference batch. All inputs are checked here; nothing guides -> a plain clone.
     """
     window = StepWindow.from_percents(model, start_percent, end_percent)
     family = model_families.require_family(model, NODE_NAME, (model_families.IMAGE_UNET, model_families.IMAGE_DIT))
-    if family.is_dit:
-        _check_dit(family, mask)
     check_vae(model, vae)
     check_images(image, vae)
     references = image.shape[0]
@@ -58,6 +60,7 @@ def apply_reference_image(
     )
     excluded = excluded_blocks(family, NODE_NAME, exclude_blocks, skip_up1)
     masks = subject_masks(mask, references, tuple(image.shape[1:3]), vae) if mask is not None else None
+    placed = region_masks(regions, references, NODE_NAME)
     keep = []  # references that can change anything: c != 0 and some subject pixel
     for index, coefficient in enumerate(coefficients):
         if masks is not None and float(masks[index].max()) < 0.5:
@@ -72,11 +75,13 @@ def apply_reference_image(
         masks = masks[keep]
         if bool((masks >= 0.5).all()):
             masks = None  # all white: the whole pictures
-    settings = RefDropSettings(tuple(range(len(keep))), tuple(coefficients[i] for i in keep), NODE_NAME, window)
+    if placed is not None and len(placed) > 1:
+        placed = TokenMasks(placed.masks[keep])
+    settings = RefDropSettings(tuple(range(len(keep))), tuple(coefficients[i] for i in keep), NODE_NAME, window, placed)
     selected = tuple(keep) if len(keep) < len(coefficients) else None
     if family.is_dit:
         patched = patch_dit(model, family.dit, ReferenceImageRows(settings), excluded)
-        rows = ReferenceRows(latents, seed, None, window, selected)
+        rows = ReferenceRows(latents, seed, masks, window, selected)
     else:
         blocks = guided_unet_blocks(family, excluded)
         patched = patch_self_attention(model, settings, blocks, ReferenceImageAttention)
@@ -84,20 +89,6 @@ def apply_reference_image(
         rows = ReferenceRows(latents, seed, masks, window, selected, keys)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, rows)
     return patched
-
-
-def _check_dit(family, mask) -> None:
-    """Reference pictures on diffusion transformers: the families in DIT_FAMILIES, whole pictures."""
-    if family.name not in DIT_FAMILIES:
-        raise ValueError(
-            f"{NODE_NAME} works with SD1.x, SD2.x, SDXL and {', '.join(DIT_FAMILIES)} models; this "
-            f"{family.name} model is supported by Apply RefDrop (references in the latent batch) only."
-        )
-    if mask is not None:
-        raise ValueError(
-            f"{NODE_NAME}: subject masks work on UNets only for now; on {family.name} disconnect the mask (the whole "
-            "reference picture guides)."
-        )
 
 
 def _check_single(model) -> None:
@@ -110,14 +101,27 @@ def _check_single(model) -> None:
         )
 
 
+def _latent_dimensions(model) -> int:
+    """2 for image latents (B, C, H, W), 3 for the (B, C, T, H, W) latents of 3-D VAEs (Qwen-Image, Cosmos)."""
+    return int(getattr(model.get_model_object("latent_format"), "latent_dimensions", 2))
+
+
 def check_vae(model, vae) -> None:
-    """A clear error when the VAE's latents do not fit the model (another checkpoint's VAE)."""
+    """A clear error when the VAE's latents do not fit the model (another checkpoint's VAE): channels and rank."""
     model_channels = model.get_model_object("latent_format").latent_channels
     vae_channels = getattr(vae, "latent_channels", None)
     if vae_channels is not None and vae_channels != model_channels:
         raise ValueError(
             f"{NODE_NAME}: the VAE makes {vae_channels}-channel latents but the model samples {model_channels}-channel "
             "latents. Connect the VAE of the same checkpoint as the model (the loader's VAE output)."
+        )
+    model_dims, vae_dims = _latent_dimensions(model), getattr(vae, "latent_dim", None)
+    if isinstance(vae_dims, int) and vae_dims != model_dims:
+        kinds = {2: "image (2-D)", 3: "video (3-D)"}
+        raise ValueError(
+            f"{NODE_NAME}: the VAE is a {kinds.get(vae_dims, f'{vae_dims}-D')} VAE but the model samples "
+            f"{kinds.get(model_dims, f'{model_dims}-D')} latents. Connect the VAE of the same checkpoint as the model "
+            "(the loader's VAE output)."
         )
 
 
@@ -135,14 +139,22 @@ def check_images(images: torch.Tensor, vae) -> None:
 
 
 def encode_references(model, vae, images: torch.Tensor) -> torch.Tensor:
-    """The references' latents (E, C, h, w), each at its own size, exactly as the VAE Encode node makes them
-    (the VAE was checked by :func:`check_vae` before)."""
-    latents = vae.encode(images)
+    """The references' latents (E, C, h, w), or (E, C, 1, h, w) for a model with a 3-D VAE (Qwen-Image, Cosmos),
+    each exactly as the VAE Encode node makes it for that picture (the VAE was checked by :func:`check_vae`).
+
+    A 3-D VAE reads an image batch as the frames of one video, so its pictures are encoded one at a time."""
+    if getattr(vae, "latent_dim", 2) == 3 and not getattr(vae, "not_video", False) and images.shape[0] > 1:
+        latents = torch.cat([vae.encode(images[i : i + 1]) for i in range(images.shape[0])])
+    else:
+        latents = vae.encode(images)
     model_channels = model.get_model_object("latent_format").latent_channels
-    if latents.ndim != 4 or latents.shape[1] != model_channels:
+    rank = _latent_dimensions(model) + 2
+    frames_ok = rank == 4 or (latents.ndim == 5 and latents.shape[2] == 1)
+    if latents.ndim != rank or latents.shape[1] != model_channels or not frames_ok:
         raise ValueError(
             f"{NODE_NAME}: the VAE encoded the references to a latent of shape {tuple(latents.shape)}, but the model "
-            f"samples {model_channels}-channel image latents. Connect the VAE of the same checkpoint as the model."
+            f"samples {model_channels}-channel {rank}-D latents (one frame a picture). Connect the VAE of the same "
+            "checkpoint as the model."
         )
     return latents
 

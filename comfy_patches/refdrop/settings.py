@@ -6,8 +6,9 @@ The nodes' ``validate_inputs`` and the glue use the same parsers, so a value is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ...attention_patches.tokens import TokenMasks
 from ..step_window import EVERY_STEP, StepWindow
 
 APPLY_REFDROP = "Apply RefDrop"
@@ -28,6 +29,8 @@ class RefDropSettings:
     coefficients: tuple[float, ...]
     node_name: str = APPLY_REFDROP
     window: StepWindow = EVERY_STEP
+    # regions (our extension): one mask per reference in the generated image's frame, or None (everywhere)
+    regions: TokenMasks | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ...attention_patches.guidance import GuidanceGroup, reference_feature_guidance_, token_grid_mask
+from ...attention_patches.guidance import GuidanceGroup, reference_feature_guidance_
 from ...attention_patches.layout import ChunkLayout, chunk_layout, in_batch_groups
+from ...attention_patches.tokens import token_grid_mask
 from ..attention_calls import FallbackNotice, feature_map_tokens, plain_attention
+from ..dit_override import EXTRA_CALL_KEY
 from ..reference_rows import REFERENCE_MASKS_KEY, REFERENCE_ROWS_KEY, row_safe
 from ..unet_blocks import existing_replace
 from .settings import RefDropSettings
@@ -48,18 +50,29 @@ class RefDropAttention:
         layout = self.layout(q, k, v, extra_options)
         if layout is None:
             return out
-        groups = self.groups(layout, extra_options)
+        groups = self.groups(layout, extra_options, q.device)
         if not groups:
             return out
 
+        extra_call = {**extra_options, EXTRA_CALL_KEY: True}  # marked: other nodes' overrides pass it through
+
         def attention(queries, keys, values, mask):
-            return plain_attention(queries, keys, values, extra_options)
+            return plain_attention(queries, keys, values, extra_call)
 
         return reference_feature_guidance_(out, q, k, v, groups, attention)
 
-    def groups(self, layout: ChunkLayout, extra_options) -> list[GuidanceGroup]:
+    def groups(self, layout: ChunkLayout, extra_options, device) -> list[GuidanceGroup]:
         """In-batch references: the chunk's reference rows guide its other rows (Eq. 5 / Eq. 6)."""
-        return in_batch_groups(layout, self.settings.coefficients)
+        regions = self.region_weights(extra_options, device)
+        return in_batch_groups(layout, self.settings.coefficients, regions=regions)
+
+    def region_weights(self, extra_options, device) -> list | None:
+        """m_j(t) on this layer's feature map, one per reference (our extension), or None without regions."""
+        regions = self.settings.regions
+        if regions is None:
+            return None
+        placed = regions.on_grid(tuple(extra_options["activations_shape"][2:]), device)
+        return [placed[j if len(placed) > 1 else 0] for j in range(len(self.settings.coefficients))]
 
     def layout(self, q, k, v, extra_options) -> ChunkLayout | None:
         """The chunk layout of this call, or None when it must run as plain self-attention."""
@@ -84,6 +97,9 @@ class RefDropAttention:
                 f"q/k/v batches differ ({batch}, {k.shape[0]}, {v.shape[0]}): another patch (e.g. HyperTile) changed "
                 "the batch layout"
             )
+            return False
+        if self.settings.regions is not None and (activations is None or len(activations) != 4):
+            self.notice.report("the feature map's grid is unknown, so the regions cannot be placed")
             return False
         if activations is not None and (activations[0] != batch or feature_map_tokens(activations) != q.shape[1]):
             self.notice.report(
@@ -141,18 +157,21 @@ class ReferenceImageAttention(RefDropAttention):
         if layout is None or layout.rows_per_chunk <= extra:
             self.notice.report(f"{q.shape[0]} rows do not split into {chunks} chunks with {extra} reference rows")
             return None
-        if extra_options.get(REFERENCE_MASKS_KEY) is not None and len(extra_options.get("activations_shape", ())) != 4:
-            self.notice.report("the feature map's grid is unknown, so the subject masks cannot be placed")
+        placed = extra_options.get(REFERENCE_MASKS_KEY) is not None or self.settings.regions is not None
+        if placed and len(extra_options.get("activations_shape", ())) != 4:
+            self.notice.report("the feature map's grid is unknown, so the subject masks / regions cannot be placed")
             return None
         return layout
 
-    def groups(self, layout: ChunkLayout, extra_options) -> list[GuidanceGroup]:
+    def groups(self, layout: ChunkLayout, extra_options, device) -> list[GuidanceGroup]:
         masks = extra_options.get(REFERENCE_MASKS_KEY)
         selections = None
         if masks is not None:  # subject masks on this layer's feature-map grid: S_j
             height, width = extra_options["activations_shape"][2:]
             selections = [row.nonzero().squeeze(1) for row in token_grid_mask(masks, (height, width))]
-        return in_batch_groups(layout, self.settings.coefficients, selections)
+        return in_batch_groups(
+            layout, self.settings.coefficients, selections, self.region_weights(extra_options, device)
+        )
 
 
 def patch_self_attention(model, settings: RefDropSettings, blocks, attention_class=RefDropAttention):

@@ -52,6 +52,27 @@ def test_flux_character_from_picture_runs_end_to_end(comfy_server, object_info, 
     assert all(a.shape == (1024, 1024, 3) and a.std() > 0 for a in images)
 
 
+def test_flux_two_characters_runs_end_to_end(comfy_server, object_info):
+    """Two pictures (Batch Images) with a left and a right region (Batch Masks of two composited solid masks).
+
+    At half the shipped 1216 x 832 (same aspect, so the 1216 x 832 regions keep their halves): only the latent's
+    width and height change. The pictures are the shipped example inputs the pack copies into input/."""
+    graph = wf.load(WORKFLOWS / "refdrop_flux_two_characters.json")
+    assert {"BatchImagesNode", "BatchMasksNode", "SolidMask", "MaskComposite"} <= wf.node_types(graph)
+    prompt = wf.ui_to_api(graph, object_info, swap=SWAP)
+    node = next(n["inputs"] for n in prompt.values() if n["class_type"] == "ApplyRefDropImage")
+    assert node["reference_strengths"] == "0.3, 0.3" and prompt[node["regions"][0]]["class_type"] == "BatchMasksNode"
+    assert sorted(prompt[node["regions"][0]]["inputs"]) == ["masks.mask0", "masks.mask1"]
+    assert sorted(prompt[node["image"][0]]["inputs"]) == ["images.image0", "images.image1"]
+    latent = next(n["inputs"] for n in prompt.values() if n["class_type"] == "EmptySD3LatentImage")
+    assert (latent["width"], latent["height"], latent["batch_size"]) == (1216, 832, 2)
+    latent.update(width=608, height=416)
+    entry = comfy_server.run_prompt(prompt, timeout=900)
+    images = [np.asarray(Image.open(path), dtype=np.float32) for path in comfy_server.output_files(entry)]
+    assert len(images) == 2  # the two reference rows never reach the sampler's output
+    assert all(a.shape == (416, 608, 3) and np.isfinite(a).all() and a.std() > 0 for a in images)
+
+
 def test_skip_up1_on_flux_is_refused_with_a_pointer_to_exclude_blocks(comfy_server):
     prompt = {
         "1": {"class_type": "RefGuideTestUNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors",

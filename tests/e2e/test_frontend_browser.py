@@ -14,12 +14,14 @@ success through /prompt. Running every workflow a second time here would double 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
 from pathlib import Path
 
 import pytest
+import refguide
 from PIL import Image
 from refguide_testing import browser
 from refguide_testing import workflow as wf
@@ -31,6 +33,16 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FRONT_ENDS = ["pinned", "newest"]
 SCREENSHOTS = {"refdrop_sdxl_consistent_character", "easyref_sdxl_multi_reference"}
+
+
+def registered_node_ids() -> list[str]:
+    """The node ids the pack's extension lists (computed in this process), sorted."""
+    extension = asyncio.run(refguide.comfy_entrypoint())
+    return sorted(node.define_schema().node_id for node in asyncio.run(extension.get_node_list()))
+
+
+# at import: the tests run inside Playwright's event loop, where asyncio.run is refused
+NODE_IDS = registered_node_ids()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +147,7 @@ def test_every_node_has_a_help_page_where_the_front_end_looks(front_ends, object
     ours = {
         k: v for k, v in object_info.items() if v.get("python_module", "").startswith("custom_nodes.comfyui-refguide")
     }
-    assert len(ours) >= 9
+    assert sorted(ours) == NODE_IDS  # exactly the extension's nodes, each checked below
     found = front_ends[front_end].page.evaluate(
         """async (names) => {
           const out = {};
@@ -168,6 +180,7 @@ def test_node_info_panel_renders_the_help_page(front_ends, object_info, front_en
     names = sorted(
         k for k, v in object_info.items() if v.get("python_module", "").startswith("custom_nodes.comfyui-refguide")
     )
+    assert names == NODE_IDS
     for name in names:
         expected = _first_words((REPO / "web" / "docs" / f"{name}.md").read_text())
         fe.page.evaluate(

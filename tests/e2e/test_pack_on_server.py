@@ -105,5 +105,5 @@ def test_reference_image_strings_that_do_not_parse_are_refused_before_sampling(c
 def test_every_shipped_workflow_is_run_by_an_e2e_test():
     e2e_sources = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*workflows.py"))
     shipped = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-    assert len(shipped) == 13
+    assert len(shipped) == 17
     assert [name for name in shipped if f"{name}.json" not in e2e_sources] == []

@@ -54,3 +54,25 @@ def test_subject_only(comfy_server, object_info, reference_picture):
     assert node["inputs"]["mask"][1] == 1  # LoadImage's MASK output
     log = comfy_server.log_text()
     assert "is all black" not in log  # the painted subject reached the node
+
+
+def test_two_characters(comfy_server, object_info):
+    """Two pictures (Batch Images) with a left and a right region (Batch Masks of two composited solid masks), at
+    half the shipped 1216 x 832 (same aspect: the regions keep their halves); only the latent's size changes."""
+    graph = wf.load(WORKFLOWS / "refdrop_sdxl_two_characters.json")
+    assert {"LoadImage", "BatchImagesNode", "BatchMasksNode", "SolidMask", "MaskComposite"} <= wf.node_types(graph)
+    prompt = wf.ui_to_api(graph, object_info, swap=SWAP)
+    node = next(n["inputs"] for n in prompt.values() if n["class_type"] == "ApplyRefDropImage")
+    assert node["reference_strengths"] == "0.35, 0.35" and "mask" not in node
+    regions = prompt[node["regions"][0]]
+    assert regions["class_type"] == "BatchMasksNode" and sorted(regions["inputs"]) == ["masks.mask0", "masks.mask1"]
+    left, right = (prompt[regions["inputs"][f"masks.mask{i}"][0]]["inputs"] for i in (0, 1))
+    assert (left["x"], right["x"]) == (0, 608)
+    latent = next(n["inputs"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
+    assert (latent["width"], latent["height"], latent["batch_size"]) == (1216, 832, 4)
+    latent.update(width=608, height=416)
+    entry = comfy_server.run_prompt(prompt, timeout=900)
+    images = [np.asarray(Image.open(path), dtype=np.float32) for path in comfy_server.output_files(entry)]
+    assert len(images) == 4  # the two reference rows never reach the sampler's output
+    assert all(a.shape == (416, 608, 3) and np.isfinite(a).all() and a.std() > 0 for a in images)
+    assert "guides nowhere" not in comfy_server.log_text()  # both regions reached the node

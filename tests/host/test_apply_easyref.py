@@ -356,7 +356,7 @@ def test_start_end_window_uses_the_model_sigmas(sdxl, easyref):
     start, end = ms.percent_to_sigma(0.3), ms.percent_to_sigma(0.6)
     assert obj.kwargs[0]["sigma_start"] == pytest.approx(start) and obj.kwargs[0]["sigma_end"] == pytest.approx(end)
     q, k, v = random_qkv(2)
-    text = layer_call(easyref_patch.DecoupledCrossAttention(), q, k, v, [1, 0])
+    text = layer_call(plain_attention, q, k, v, [1, 0])  # ComfyUI's own attention: the text part alone
     for sigma, active in [(start * 1.01, False), (start * 0.99, True), ((start + end) / 2, True), (end * 1.01, True),
                           (end * 0.99, False), (0.03, False)]:  # fmt: skip
         got = layer_call(obj, q, k, v, [1, 0], sigma=sigma)
@@ -394,7 +394,7 @@ def test_mask_restricts_the_reference_tokens(sdxl, easyref, unet_weights):
     gate = torch.tensor([1.0] * 8 + [0.0] * 8).view(1, 16, 1).expand(2, 16, 1).double()
     want = expected_layer(q, k, v, [1, 0], [(unet_weights, embeds, 1.0, gate)])
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=5e-5)
-    text = layer_call(easyref_patch.DecoupledCrossAttention(), q, k, v, [1, 0])
+    text = layer_call(plain_attention, q, k, v, [1, 0])  # ComfyUI's own attention: the text part alone
     torch.testing.assert_close(got[:, 8:], text[:, 8:])
     assert not torch.allclose(got[:, :8], text[:, :8], atol=1e-3)
 

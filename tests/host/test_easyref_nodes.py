@@ -196,7 +196,15 @@ def test_save_and_load_embeds(loaded, folders):
 
 
 def test_model_management_loads_and_offloads(loaded):
-    mm.load_models_gpu([loaded.patcher], force_full_load=True)
-    assert any(lm.model is loaded.patcher for lm in mm.current_loaded_models)
+    """ComfyUI's model management accounts for the whole MLLM, loads all of it and unloads it again (load and
+    offload device are both the CPU here, so the weight memory it reports is what shows the moves)."""
+    patcher = loaded.patcher
+    weights = sum(t.numel() * t.element_size() for t in loaded.mllm.state_dict().values())
+    assert weights > 0 and patcher.model_size() == weights and patcher.loaded_size() == 0
+    mm.load_models_gpu([patcher], force_full_load=True)
+    assert any(lm.model is patcher for lm in mm.current_loaded_models)
+    assert patcher.loaded_size() == weights  # fully loaded
     mm.unload_all_models()
-    assert all(p.device.type == "cpu" for p in loaded.mllm.parameters())
+    assert not any(lm.model is patcher for lm in mm.current_loaded_models)
+    assert patcher.loaded_size() == 0
+    assert all(p.device == patcher.offload_device for p in loaded.mllm.parameters())

@@ -1,12 +1,22 @@
 """Importing and running the pack changes no attribute of any ComfyUI module or class (checked in a fresh process)."""
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import refguide
+
 TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def registered_node_ids():
+    """The node ids the pack's extension lists, in its order (computed in this process)."""
+    extension = asyncio.run(refguide.comfy_entrypoint())
+    return [node.define_schema().node_id for node in asyncio.run(extension.get_node_list())]
+
 
 SCRIPT = r"""
 import asyncio, json, os, shutil, sys, types
@@ -42,6 +52,19 @@ def run_wan(model):
     comfy.sample.sample(model, torch.randn(latent.shape), 2, 5.0, "euler", "simple", [[text, {}]],
                         [[torch.zeros_like(text), {}]], latent, disable_pbar=True)
 
+def run_svd(model):
+    # as tests/host/test_svd_refdrop.py samples a clip: image embeds + concat latent, 5 frames, same noise each time
+    g = torch.Generator().manual_seed(5)
+    image_embeds = torch.randn(1, 1, tiny_models.TINY_SVD_CONTEXT, generator=g)
+    concat = torch.randn(1, 4, 16, 16, generator=g)
+    extras = {"fps": 6, "motion_bucket_id": 127, "augmentation_level": 0.0}
+    positive = [[image_embeds, dict(extras, concat_latent_image=concat)]]
+    negative = [[torch.zeros_like(image_embeds), dict(extras, concat_latent_image=torch.zeros_like(concat))]]
+    latent = torch.zeros(5, 4, 16, 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(9))
+    return comfy.sample.sample(model, noise, 2, 2.5, "euler", "karras", positive, negative, latent, seed=9,
+                               disable_pbar=True)
+
 sdxl = tiny_models.tiny_unet("sdxl")
 wan = tiny_wan.tiny_wan("t2v")
 svd = tiny_models.tiny_unet("svd")
@@ -57,6 +80,7 @@ folder_paths.folder_names_and_paths["LLM"] = ([os.path.join(work, "LLM")], set()
 folder_paths.folder_names_and_paths["easyref"] = ([os.path.join(work, "easyref")], {".safetensors"})
 run(sdxl)  # warm-up: whatever ComfyUI itself caches on a first run
 run_wan(wan)
+svd_plain = run_svd(svd)
 before = snapshot()
 from refguide_testing.host import setup_host
 setup_host()  # imports the pack as ComfyUI's loader would (registers its model folders)
@@ -75,7 +99,8 @@ RUNS = {
         sdxl, tiny_models.tiny_vae(), torch.rand(1, 64, 96, 3), 0.3, 5, False, "", "", 0.0, 1.0, torch.ones(1, 64, 96)
     ).args[0]),
     "RefDropPromptBatch": lambda: rd.RefDropPromptBatch.execute(clip, "a\nb\nc"),
-    "SVDTemporalRefDrop": lambda: sv.SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0),
+    "SVDTemporalRefDrop": lambda: state.update(
+        svd=run_svd(sv.SVDTemporalRefDrop.execute(svd, 0.2, 0, 0.0, 1.0).args[0])),
     "TemporalRefDrop": lambda: run_wan(vd.TemporalRefDrop.execute(wan, 0.2, 0).args[0]),
     "LoadEasyRefMLLM": lambda: state.update(
         easyref=er.LoadEasyRefMLLM.execute("Qwen2-VL-2B-Instruct", "easyref.safetensors", "fp32").args[0]),
@@ -95,8 +120,9 @@ for node_id in RUNS:
         RUNS[node_id]()
 after = snapshot()
 changed = sorted(k for k in before if k in after and before[k] != after[k])
+svd_guided = "svd" in state and bool((state["svd"] - svd_plain).abs().mean() > 1e-4)  # the SVD patch ran
 print(json.dumps({"changed": changed, "checked": len(before), "not_run": sorted(set(registered) - set(RUNS)),
-                  "registered": registered}))
+                  "stale": sorted(set(RUNS) - set(registered)), "registered": registered, "svd_guided": svd_guided}))
 """
 
 
@@ -109,6 +135,8 @@ def test_pack_changes_no_comfyui_module_or_class_attribute(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["checked"] > 1000
     assert report["not_run"] == [], f"add these nodes to RUNS: {report['not_run']}"
-    assert len(report["registered"]) >= 9
+    assert report["stale"] == [], f"RUNS names nodes the pack does not register: {report['stale']}"
+    assert report["registered"] == registered_node_ids()  # exactly the extension's nodes, each run above
+    assert report["svd_guided"]  # the SVD stand-in was sampled with the patch active, not just patched
     # (registering model folders adds entries to folder_paths.folder_names_and_paths, the documented way)
     assert report["changed"] == [], report["changed"]

@@ -2,9 +2,14 @@
 and a unique id; ComfyUI's own schema check accepts it."""
 
 import asyncio
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 import refguide
+import refguide.nodes
+from comfy_api.latest import io
 
 
 def registered_nodes():
@@ -15,9 +20,21 @@ def registered_nodes():
 NODES = registered_nodes()
 
 
+def declared_nodes():
+    """Every node class the modules of ``refguide.nodes`` define, whether or not a list names it."""
+    found = []
+    for info in pkgutil.iter_modules(refguide.nodes.__path__):
+        module = importlib.import_module(f"{refguide.nodes.__name__}.{info.name}")
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(c, io.ComfyNode) and c.__module__ == module.__name__]  # fmt: skip
+    return found
+
+
 def test_the_pack_registers_its_nodes_once():
     ids = [node.define_schema().node_id for node in NODES]
-    assert len(ids) == len(set(ids)) and len(ids) >= 9
+    assert len(ids) == len(set(ids))
+    # exactly the nodes the pack's node modules declare: none forgotten in a NODES list, none listed twice
+    assert sorted(ids) == sorted(node.define_schema().node_id for node in declared_nodes())
     assert {"ApplyRefDrop", "SVDTemporalRefDrop", "LoadEasyRefMLLM", "ApplyEasyRef"} <= set(ids)
 
 

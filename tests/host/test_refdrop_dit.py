@@ -388,9 +388,15 @@ def test_reference_image_on_flux_samples_and_refuses_what_it_cannot_do():
     torch.testing.assert_close(sample("flux", first, steps=1), sample("flux", second, steps=1))
     with pytest.raises(ValueError, match="skip_up1.*exclude_blocks"):
         apply_reference_image(model, image, vae, skip_up1=True)
-    with pytest.raises(ValueError, match="subject masks work on UNets only"):
-        apply_reference_image(model, image, vae, mask=torch.ones(1, 96, 160))
+    whole = sample("flux", apply_reference_image(model, image, vae), steps=1)
+    white = apply_reference_image(model, image, vae, mask=torch.ones(1, 96, 160))  # all white = no mask
+    torch.testing.assert_close(sample("flux", white, steps=1), whole)
+    half = torch.zeros(1, 96, 160)
+    half[:, :, :80] = 1.0  # a subject mask: only the left half of the picture's image tokens (and its text) guide
+    assert not torch.allclose(sample("flux", apply_reference_image(model, image, vae, mask=half), steps=1), whole)
     with pytest.raises(ValueError, match="Valid names: double 0"):
         apply_reference_image(model, image, vae, exclude_blocks="output 0")
-    with pytest.raises(ValueError, match="Apply RefDrop \\(references in the latent batch\\) only"):
-        apply_reference_image(tiny_dits.tiny_dit("sd3"), image, vae)
+    from refguide_testing.tiny_wan import tiny_wan  # every image DiT family is accepted; video DiTs are not
+
+    with pytest.raises(ValueError, match="Wan 2.1 / 2.2 model .*use the 'Temporal RefDrop' node instead"):
+        apply_reference_image(tiny_wan("t2v", num_layers=1), image, vae)

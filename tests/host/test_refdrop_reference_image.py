@@ -157,6 +157,50 @@ def test_reference_latent_is_resized_once_per_size(sdxl, vae):
     assert torch.equal(clean, patched.model.process_latent_in(z))
 
 
+def test_a_patched_model_call_leaves_the_global_rng_state_alone(sdxl, vae):
+    """The references' noise comes from a private generator: sampling code that draws from the global RNG (ancestral
+    samplers, ComfyUI's other nodes) sees the same random stream with and without the node."""
+    patched = apply_image(sdxl, vae, picture(2), seed=77)
+    x, context, y = inputs(4, size=(16, 24))
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    model_call(patched, x, 3.0, context, y, [1, 0])  # the first call at this size draws the references' noise
+    assert torch.equal(torch.random.get_rng_state(), before)
+    (rows,) = patched.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "refguide_refdrop_reference_images")
+    _, eps, _ = rows.references_for(patched.model, 16, 24, torch.device("cpu"), torch.float32)
+    z = comfy.utils.common_upscale(vae.encode(picture(2)), 24, 16, "bilinear", "center")
+    assert torch.equal(eps, comfy.sample.prepare_noise(z, 77))  # the same values prepare_noise gives
+
+
+def test_reference_rows_built_concurrently_from_two_threads_are_identical(sdxl, vae):
+    """ComfyUI's multi-GPU CFG split runs the cond and uncond chunks on pool threads at once: both threads must get
+    the same reference rows (with the global RNG seeded per call, they raced: different noise in 8 of 30 trials)."""
+    import threading
+
+    for trial in range(12):
+        patched = apply_image(sdxl, vae, picture(), seed=trial)
+        (rows,) = patched.get_wrappers(
+            comfy.patcher_extension.WrappersMP.APPLY_MODEL, "refguide_refdrop_reference_images"
+        )
+        start, results = threading.Barrier(2), [None, None]
+
+        def build(index, rows=rows, start=start, results=results, patched=patched):
+            start.wait()
+            # a thread that also uses the global RNG meanwhile (the other chunk's sampler code)
+            torch.manual_seed(1000 + index)
+            torch.randn(64)
+            results[index] = rows.references_for(patched.model, 16, 24, torch.device("cpu"), torch.float32)
+
+        threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        z = comfy.utils.common_upscale(vae.encode(picture()), 24, 16, "bilinear", "center")
+        assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][0], results[1][0])
+        assert torch.equal(results[0][1], comfy.sample.prepare_noise(z, trial))
+
+
 def test_a_zero_strength_reference_adds_no_row_and_leaves_the_others_noise_as_defined(sdxl, vae):
     """eps = prepare_noise(z, seed) over the whole reference batch, also when a reference with c = 0 is dropped."""
     per_chunk, sigma, size, order = 2, 4.0, (16, 24), [1, 0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from comfy_extras.nodes_hypertile import HyperTile
 from comfy_extras.nodes_sag import SelfAttentionGuidance
-from refguide.comfy_patches.attention_calls import FallbackNotice, plain_attention
+from refguide.comfy_patches.attention_calls import FallbackNotice
 from refguide.comfy_patches.refdrop.settings import RefDropSettings
 from refguide.comfy_patches.refdrop.unet import RefDropAttention
 from refguide.nodes.refdrop import ApplyRefDrop
@@ -105,26 +105,30 @@ def test_reference_rows_unchanged_and_chunks_independent(sdxl, order):
 
 
 def test_layer_output_matches_equation_6_on_real_attention():
+    """The attn1 patch (float32, ComfyUI's own attention) against THE direct float64 computation of Eq. 6: two
+    chunks of three rows, references 0 and 1 (c = 0.3, 0.2) guide row 2; the reference rows get nothing."""
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(6, 16, 128, generator=g) for _ in range(3))
     extra = {"n_heads": 2, "dim_head": 64, "attn_precision": None, "cond_or_uncond": [1, 0],
              "activations_shape": [6, 128, 4, 4]}  # fmt: skip
     patch = RefDropAttention(RefDropSettings((0, 1), (0.3, 0.2)), FallbackNotice("t"))
-    out = patch(q, k, v, extra).double()
+    out = patch(q, k, v, extra)
+    assert out.shape == q.shape and out.dtype == torch.float32
+
+    guidance = reference.in_batch_guidance(3, (0, 1), (0.3, 0.2))
     qd, kd, vd = q.double(), k.double(), v.double()
+    expected = reference.direct_guidance(qd, kd, vd, 2, guidance)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
 
-    def attn(a, b, c):
-        return reference.direct_attention(a, b, c, heads=2)
-
+    own = reference.direct_attention(qd, kd, vd, heads=2)  # every row with its own keys/values only
     for chunk in range(2):
         base = chunk * 3
-        i = base + 2
-        expected = 0.5 * attn(qd[i : i + 1], kd[i : i + 1], vd[i : i + 1])
-        for ref, c in ((base, 0.3), (base + 1, 0.2)):
-            expected = expected + c * attn(qd[i : i + 1], kd[ref : ref + 1], vd[ref : ref + 1])
-        torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-6)
-        plain = plain_attention(q, k, v, extra)
-        assert torch.equal(out[base].float(), plain[base]) and torch.equal(out[base + 1].float(), plain[base + 1])
+        for ref in (base, base + 1):  # reference rows: plain attention of their own row
+            assert guidance(ref, 0) == []
+            torch.testing.assert_close(out[ref].double(), own[ref], rtol=1e-5, atol=1e-6)
+        guided = base + 2
+        assert [(row, c) for row, _, c in guidance(guided, 0)] == [(base, 0.3), (base + 1, 0.2)]
+        assert (expected[guided] - own[guided]).abs().max() > 1e-2  # the guidance is far above the tolerance
 
 
 def test_too_few_images_says_how_many_are_needed(sdxl):

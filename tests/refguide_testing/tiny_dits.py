@@ -106,3 +106,17 @@ def tiny_flux_vae(seed: int = 2):
     vae = comfy.sd.VAE(sd=state_dict, config=config)
     vae.latent_channels = 16
     return vae
+
+
+# Families whose checkpoints come with a 3-D VAE (the Wan 2.1 VAE): latents (B, C, T, H, W), one frame a picture.
+VIDEO_VAE_FAMILIES = ("qwen_image", "cosmos_predict2")
+
+
+def tiny_dit_vae(name: str, seed: int = 2):
+    """The VAE a tiny DiT's checkpoint would come with: ComfyUI's Wan 2.1 VAE class (3-D, 16 channels) for
+    Qwen-Image and Cosmos Predict2, else the 16-channel image AutoencoderKL of :func:`tiny_flux_vae`."""
+    if name in VIDEO_VAE_FAMILIES:
+        from refguide_testing.tiny_wan import tiny_wan_vae
+
+        return tiny_wan_vae(seed)
+    return tiny_flux_vae(seed)

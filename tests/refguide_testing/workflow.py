@@ -11,6 +11,7 @@ from pathlib import Path
 
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+AUTOGROW = "COMFY_AUTOGROW_V3"  # V3 inputs that grow a socket at a time (Batch Images, Batch Masks)
 
 
 def load(path: Path) -> dict:
@@ -54,6 +55,9 @@ def ui_to_api(workflow: dict, object_info: dict, swap: dict[str, str] | None = N
         values = list(node.get("widgets_values") or [])
         inputs = {}
         for name, spec in _ordered_inputs(info):
+            if spec[0] == AUTOGROW:  # a growing list of sockets "<name>.<prefix>0", ...: the linked ones, in order
+                inputs.update({key: source for key, source in linked.items() if key.startswith(f"{name}.")})
+                continue
             if name in linked:
                 inputs[name] = linked[name]
                 if _is_widget(spec) and values:

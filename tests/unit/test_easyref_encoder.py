@@ -121,7 +121,8 @@ def vision_tower(pixel_values, grid, w, vcfg):
     return x @ w["visual.merger.mlp.2.weight"].T + w["visual.merger.mlp.2.bias"]
 
 
-def reference_encode(folder, checkpoint_path, config, packed, input_ids, image_pad_id):
+def reference_weights(folder, checkpoint_path):
+    """The MLLM weights by canonical name: the stock folder's, overridden by the checkpoint's fine-tuned ones."""
     stock = load_file(f"{folder}/model.safetensors")
     w = {
         ("visual." + k[7:] if k.startswith("visual.") else k[len("model.") :]): v
@@ -134,6 +135,11 @@ def reference_encode(folder, checkpoint_path, config, packed, input_ids, image_p
             w[k[len("multimodal_llm.model.") :]] = v
         elif k.startswith("multimodal_llm.visual."):
             w[k[len("multimodal_llm.") :]] = v
+    return w, ck
+
+
+def reference_encode(folder, checkpoint_path, config, packed, input_ids, image_pad_id):
+    w, ck = reference_weights(folder, checkpoint_path)
     x = w["embed_tokens.weight"][input_ids]
     visual = torch.cat([vision_tower(p.pixel_values, p.grid_thw, w, config["vision_config"]) for p in packed])
     x[input_ids == image_pad_id] = visual
@@ -209,12 +215,31 @@ def test_unconditional_computed_once_and_matches_black_image(tiny, monkeypatch):
     assert rel_err(u1, direct) < 1e-6
 
 
-def test_images_do_not_mix_in_vision_tower(model):
-    """README step 3c: each image's visual tokens depend on that image only."""
+def test_images_do_not_mix_in_vision_tower(tiny, model, monkeypatch):
+    """README step 3c: each image's visual tokens depend on that image only, whatever else is in the group and
+    wherever it stands: the visual tokens ``encode`` puts into the sequence, against the reference vision tower
+    run on that image alone."""
     a, b, c = _images()
-    feats_ab = [model.mllm.vision_features(model.preprocess(x)) for x in (a, b)]
-    feats_ac = [model.mllm.vision_features(model.preprocess(x)) for x in (a, c)]
-    torch.testing.assert_close(feats_ab[0], feats_ac[0])
+    seen = []
+    language_pass = model.mllm.tokens_from_sequence
+
+    def record(input_ids, visual, image_pad_id):
+        seen.append(visual.clone())
+        return language_pass(input_ids, visual, image_pad_id)
+
+    monkeypatch.setattr(model.mllm, "tokens_from_sequence", record)
+    model.encode([a, b], "p")
+    model.encode([c, a], "p")
+    packed = {name: preprocess.preprocess_image(x) for name, x in (("a", a), ("b", b), ("c", c))}
+    na, nb, nc = (packed[name].num_tokens for name in "abc")
+    assert [v.shape[0] for v in seen] == [na + nb, nc + na]
+    w, _ = reference_weights(tiny["folder"], tiny["ckpt"])
+    alone = {
+        name: vision_tower(p.pixel_values, p.grid_thw, w, tiny["config"]["vision_config"]) for name, p in packed.items()
+    }
+    for got, want in ((seen[0][:na], alone["a"]), (seen[0][na:], alone["b"]), (seen[1][:nc], alone["c"]),
+                      (seen[1][nc:], alone["a"])):  # fmt: skip
+        assert rel_err(got, want) < 1e-5
 
 
 def test_order_and_count_of_references_matter(model):

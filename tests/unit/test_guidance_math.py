@@ -9,10 +9,10 @@ from refguide.attention_patches.guidance import (
     Reference,
     Span,
     reference_feature_guidance_,
-    token_grid_mask,
 )
 from refguide.attention_patches.layout import chunk_layout, in_batch_groups
 from refguide.attention_patches.temporal import guided_frame_runs, reference_frame_groups
+from refguide.attention_patches.tokens import token_grid_mask
 from refguide_testing import reference
 
 HEADS, DIM = 2, 8
@@ -130,15 +130,16 @@ def test_one_call_per_reference_over_the_folded_rows_with_views():
         assert values.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
 
 
-def test_heads_layout_without_a_folding_view_broadcasts_the_reference():
-    """(B, heads, L, d) rows cannot fold without a copy: the reference's K/V are expanded (a view), one call."""
+def test_heads_layout_without_a_folding_view_folds_a_copy_of_the_queries():
+    """(B, heads, L, d) rows cannot fold as a view: the group's queries are copied into one sequence (once for
+    all its references); the reference's K/V stay views of the call's keys (never copied or expanded)."""
     q, k, v = random_qkv(4, layout="heads")
     calls = []
-    out = guide(q, k, v, in_batch_groups(chunk_layout(4, 1, (0,)), (0.3,)), "heads", calls=calls)
-    assert len(calls) == 1
-    queries, keys, _, _ = calls[0]
-    assert tuple(queries.shape) == (3, HEADS, 10, DIM) and keys.stride(0) == 0
-    expected = reference.direct_guidance(q, k, v, HEADS, reference.in_batch_guidance(4, (0,), (0.3,)), "heads")
+    out = guide(q, k, v, in_batch_groups(chunk_layout(4, 1, (0, 1)), (0.3, 0.2)), "heads", calls=calls)
+    assert [tuple(c[0].shape) for c in calls] == [(1, HEADS, 2 * 10, DIM)] * 2
+    assert calls[0][0] is calls[1][0]  # one copy of the queries, shared by both references
+    assert all(c[1].untyped_storage().data_ptr() == k.untyped_storage().data_ptr() for c in calls)
+    expected = reference.direct_guidance(q, k, v, HEADS, reference.in_batch_guidance(4, (0, 1), (0.3, 0.2)), "heads")
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -150,6 +151,7 @@ def test_heads_layout_of_a_packed_projection_folds():
     calls = []
     out = guide(q, k, v, in_batch_groups(chunk_layout(4, 1, (0,)), (0.3,)), "heads", calls=calls)
     assert [tuple(c[0].shape) for c in calls] == [(1, HEADS, 3 * 10, DIM)]
+    assert calls[0][0].untyped_storage().data_ptr() == q.untyped_storage().data_ptr()  # a view, no copy
     expected = reference.direct_guidance(q, k, v, HEADS, reference.in_batch_guidance(4, (0,), (0.3,)), "heads")
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 

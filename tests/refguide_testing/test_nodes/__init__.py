@@ -84,12 +84,23 @@ def _wan_variant(unet_name: str) -> str:
     return "t2v"
 
 
+def _dit_family(file_name: str) -> str | None:
+    """The tiny DiT (refguide_testing.tiny_dits) a diffusion-model, text-encoder or VAE file name belongs to."""
+    lowered = file_name.lower().replace("-", "_")
+    if "z_image" in lowered or "zimage" in lowered:
+        return "zimage"
+    if "qwen_image" in lowered:
+        return "qwen_image"
+    return None
+
+
 class RefGuideTestUNETLoader:
     """Stand-in for UNETLoader: a tiny real diffusion model of the family the file name names.
 
     Wan files (``wan...``): ComfyUI's real WanModel at toy size, the variant the name says (t2v, i2v, Wan 2.2 14B
     i2v experts, 5B TI2V); Wan 2.2's high- and low-noise experts get different weights, as the two real files
-    have. Anything else: a tiny real Flux diffusion model (one double-stream block).
+    have. Z-Image (``z_image...``) and Qwen-Image (``qwen_image...``) files: the tiny real Z-Image / Qwen-Image
+    transformer. Anything else: a tiny real Flux diffusion model (one double-stream block).
     """
 
     @classmethod
@@ -112,7 +123,7 @@ class RefGuideTestUNETLoader:
             return (tiny_wan.tiny_wan(_wan_variant(unet_name), seed=1 if "low_noise" in unet_name else 0),)
         from refguide_testing import tiny_dits
 
-        return (tiny_dits.tiny_dit("flux_light"),)
+        return (tiny_dits.tiny_dit(_dit_family(unet_name) or "flux_light"),)
 
 
 class RefGuideTestDualCLIPLoader:
@@ -140,7 +151,9 @@ class RefGuideTestDualCLIPLoader:
 
 
 class RefGuideTestCLIPLoader:
-    """Stand-in for CLIPLoader (umt5-xxl for Wan): a real tiny comfy.sd.CLIP whose width fits the tiny Wan."""
+    """Stand-in for CLIPLoader: a real tiny comfy.sd.CLIP whose width fits the tiny model of the `type`: "lumina2"
+    (Qwen3-4B for Z-Image) the tiny Z-Image, "qwen_image" (Qwen2.5-VL 7B) the tiny Qwen-Image, else (umt5-xxl for
+    Wan) the tiny Wan."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -157,14 +170,19 @@ class RefGuideTestCLIPLoader:
     CATEGORY = "testing"
 
     def load(self, clip_name, type, device="default"):
-        from refguide_testing import tiny_wan
+        from refguide_testing import tiny_dits, tiny_wan
 
+        if type == "lumina2":
+            return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_ZIMAGE["cap_feat_dim"]),)
+        if type == "qwen_image":
+            return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_QWEN_IMAGE["joint_attention_dim"]),)
         return (tiny_wan.tiny_wan_text_encoder(),)
 
 
 class RefGuideTestVAELoader:
-    """Stand-in for VAELoader: ComfyUI's real Wan 2.1 VAE class at toy width for Wan files (``wan...``), else a
-    tiny real AutoencoderKL with 16 latent channels (Flux ae.safetensors)."""
+    """Stand-in for VAELoader: ComfyUI's real Wan 2.1 VAE class at toy width for Wan and Qwen-Image files
+    (``wan...``, ``qwen_image...``: Qwen-Image's VAE is a Wan 2.1 VAE), else a tiny real AutoencoderKL with 16
+    latent channels (the Flux VAE ae.safetensors, which Z-Image uses too)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -175,7 +193,7 @@ class RefGuideTestVAELoader:
     CATEGORY = "testing"
 
     def load(self, vae_name):
-        if "wan" in vae_name.lower():
+        if "wan" in vae_name.lower() or _dit_family(vae_name) == "qwen_image":
             from refguide_testing import tiny_wan
 
             return (tiny_wan.tiny_wan_vae(),)
