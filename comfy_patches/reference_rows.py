@@ -29,6 +29,7 @@ import comfy.sample
 import comfy.utils
 import torch
 
+from ..attention_patches.tokens import center_crop_box
 from .attention_calls import FallbackNotice, plain_attention
 from .dit_override import EXTRA_CALL_KEY, OVERRIDE_KEY, _bind
 from .step_window import EVERY_STEP, StepWindow
@@ -37,17 +38,6 @@ REFERENCE_ROWS_KEY = "refguide_reference_rows"  # int: extra reference rows in f
 REFERENCE_MASKS_KEY = "refguide_reference_masks"  # (references, H, W) float masks of this call, or None
 # Set on the options of an attention call over the reference rows alone: another node's override does not see it.
 REFERENCE_ROWS_ONLY_KEY = "refguide_reference_rows_only"
-
-
-def center_crop_box(old_height: int, old_width: int, height: int, width: int) -> tuple[int, int]:
-    """(y, x) offsets of the centre crop that comfy.utils.common_upscale(..., "center") takes (same rule)."""
-    old_aspect, new_aspect = old_width / old_height, width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
-    return y, x
 
 
 def extend_rows(tensor: torch.Tensor, chunks: int, extra: torch.Tensor | int) -> torch.Tensor:

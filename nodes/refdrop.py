@@ -9,6 +9,20 @@ from ..comfy_patches.refdrop.settings import coefficients_for, parse_block_names
 from .validation import REFDROP_CATEGORY, check_window, widget_ranges, window_inputs
 
 
+def regions_input() -> io.Mask.Input:
+    """The optional `regions` input of both image nodes (our extension: where each reference guides)."""
+    return io.Mask.Input(
+        "regions",
+        optional=True,
+        tooltip=(
+            "Optional regions (this pack's extension): where in the GENERATED image each reference guides "
+            "(white = guide here), one mask for all references or one per reference in reference order. "
+            "Two references with a left and a right region give two different characters in one image. "
+            "Drawn at the generated image's size (other sizes are centre-cropped to its aspect)."
+        ),
+    )
+
+
 class ApplyRefDrop(io.ComfyNode):
     """Reference Feature Guidance on every self-attention layer of an SD UNet or call of a diffusion transformer."""
 
@@ -83,16 +97,7 @@ class ApplyRefDrop(io.ComfyNode):
                     ),
                 ),
                 *window_inputs(),
-                io.Mask.Input(
-                    "regions",
-                    optional=True,
-                    tooltip=(
-                        "Optional regions (this pack's extension): where in the GENERATED image each reference guides "
-                        "(white = guide here), one mask for all references or one per reference in reference order. "
-                        "Two references with a left and a right region give two different characters in one image. "
-                        "Drawn at the generated image's size (other sizes are centre-cropped to its aspect)."
-                    ),
-                ),
+                regions_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model with RefDrop applied (a clone; the input is unchanged).")],
         )
@@ -239,16 +244,7 @@ class ApplyRefDropImage(io.ComfyNode):
                         "or one per reference. All white = no mask; all black = no guidance."
                     ),
                 ),
-                io.Mask.Input(
-                    "regions",
-                    optional=True,
-                    tooltip=(
-                        "Optional regions (this pack's extension): where in the GENERATED image each reference guides "
-                        "(white = guide here), one mask for all references or one per reference in reference order. "
-                        "Two references with a left and a right region give two different characters in one image. "
-                        "Drawn at the generated image's size (other sizes are centre-cropped to its aspect)."
-                    ),
-                ),
+                regions_input(),
             ],
             outputs=[
                 io.Model.Output(tooltip="The model with reference-image RefDrop (a clone; the input is unchanged).")

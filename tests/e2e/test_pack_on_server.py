@@ -41,7 +41,13 @@ def test_refdrop_schema_is_stable(object_info):
     info = object_info["ApplyRefDrop"]
     assert info["category"] == "RefDrop" and info["display_name"] == "Apply RefDrop"
     assert info["input_order"]["required"] == ["model", "strength", "reference_count", "skip_up1"]
-    assert info["input_order"]["optional"] == ["reference_strengths", "exclude_blocks", "start_percent", "end_percent"]
+    assert info["input_order"]["optional"] == [
+        "reference_strengths",
+        "exclude_blocks",
+        "start_percent",
+        "end_percent",
+        "regions",
+    ]  # fmt: skip (new inputs only ever go last: saved workflows keep their widget values)
     strength = info["input"]["required"]["strength"][1]
     assert (
         strength["default"] == 0.3 and strength["min"] <= -1.0 and strength["max"] >= 1.0 and strength["step"] == 0.01
@@ -51,7 +57,7 @@ def test_refdrop_schema_is_stable(object_info):
     assert image["category"] == "RefDrop" and image["display_name"] == "Apply RefDrop (Reference Image)"
     assert image["input_order"]["required"] == ["model", "vae", "image", "strength", "seed", "skip_up1"]
     assert image["input_order"]["optional"] == [
-        "reference_strengths", "exclude_blocks", "start_percent", "end_percent", "mask"
+        "reference_strengths", "exclude_blocks", "start_percent", "end_percent", "mask", "regions"
     ]  # fmt: skip
     assert image["input"]["required"]["strength"][1]["default"] == 0.3
 
