@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 NODE_NAME = REFERENCE_IMAGE
 WRAPPER_KEY = "refguide_refdrop_reference_images"
-# diffusion transformers that take reference pictures (whole pictures, no masks): every image DiT family
 
 
 def apply_reference_image(

@@ -68,6 +68,15 @@ def _patch_only(model: str, node: str, **inputs) -> dict:
     }
 
 
+def _with_regions(prompt: dict, count: int, size: int) -> dict:
+    """``prompt``'s node "2" with a `regions` MASK of ``count`` white masks of ``size`` x ``size`` pixels."""
+    prompt["8"] = {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": count,
+                                                          "color": 0xFFFFFF}}  # fmt: skip
+    prompt["9"] = {"class_type": "ImageToMask", "inputs": {"image": ["8", 0], "channel": "red"}}
+    prompt["2"]["inputs"]["regions"] = ["9", 0]
+    return prompt
+
+
 def _sample(model: str, node: str, batch: int = 2, latent: str = "EmptyLatentImage", **inputs) -> dict:
     """model loader -> node -> KSampler (1 step, 64x64, ``batch`` images) -> SaveLatent."""
     text = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x"}}
@@ -208,6 +217,13 @@ CASES: list[Case] = [
          ("reference_strengths: 'nan' is not a finite number (expected e.g. '0.3, 0.2')",), lambda c: _patch_only(SDXL, "ApplyRefDrop", strength=0.3, reference_count=1, skip_up1=False, reference_strengths="nan")),
     Case("image-strengths-inf", "Apply RefDrop (Reference Image)", "`reference_strengths` 'inf'", "validation",
          ("reference_strengths: 'inf' is not a finite number (expected e.g. '0.3, 0.2')",), lambda c: _set(_reference_image("grey"), "2", reference_strengths="inf")),
+    # ---- regions (a MASK input: checked when the node runs, ComfyUI passes no linked value to validate_inputs) ----
+    Case("regions-count", "Apply RefDrop", "`regions`: 3 masks for 1 reference", "execution",
+         ("Apply RefDrop: 3 region masks for 1 reference(s). Give one region for all references or exactly one per reference",),
+         lambda c: _with_regions(_patch_only(SDXL, "ApplyRefDrop", strength=0.3, reference_count=1, skip_up1=False), 3, 64)),
+    Case("regions-tiny", "Apply RefDrop", "`regions`: a 1x1 mask", "execution",
+         ("Apply RefDrop: `regions` is 1x1 pixels",),
+         lambda c: _with_regions(_patch_only(SDXL, "ApplyRefDrop", strength=0.3, reference_count=1, skip_up1=False), 1, 1)),
     Case("strength-nan", "Apply RefDrop", "`strength` NaN (JSON `NaN` from an API client)", "validation",
          ('strength is nan: set it to a finite number from -1.0 to 1.0.',), lambda c: _patch_only(SDXL, "ApplyRefDrop", strength=NAN, reference_count=1, skip_up1=False)),
     Case("svd-strength-nan", "SVD Temporal RefDrop", "`strength` NaN", "validation",
