@@ -263,6 +263,7 @@ class ApplyEasyRef(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
+                    advanced=True,
                     tooltip="Fraction of the sampling schedule where the reference branch starts acting (0 = first step).",
                 ),
                 io.Float.Input(
@@ -271,6 +272,7 @@ class ApplyEasyRef(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.01,
+                    advanced=True,
                     tooltip="Fraction of the sampling schedule where the reference branch stops (1 = last step). The "
                     "LoRA stays on for the whole run.",
                 ),
