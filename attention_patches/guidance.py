@@ -15,10 +15,9 @@ Eq. 6 with several (``../shared/seeds/refdrop-paper.txt``). Two extensions of th
 
 Who guides whom is the caller's policy, expressed as :class:`GuidanceGroup` s: a group is a run of guided rows
 (and a token range of each) that share their references. Each reference of a group costs ONE attention call
-over all the group's query tokens: rows that share a reference are folded into one query sequence (a view
-where the memory layout has one, else one copy of the group's queries; the reference's keys/values are read
-once, never copied or expanded); a reference that is paired row by row (a clip's own reference frame) is one
-batched call. References are
+over all the group's query tokens: rows that share a reference are folded into one query sequence where the
+memory layout has that view, else the reference's keys/values are broadcast over the rows (an expanded view, one
+batched call); a reference that is paired row by row (a clip's own reference frame) is one batched call. References are
 never concatenated (that would couple their softmax). No K/V copies except the gather of a subject
 selection, no attention matrix, no output that is thrown away (region queries are gathered first).
 """
@@ -121,11 +120,8 @@ def reference_feature_guidance_(
             shape = [1] * target.ndim
             shape[out_token_axis] = tokens
             target.mul_((1.0 - weight).to(target.device, target.dtype).view(shape))
-        folded: dict = {}  # the group's folded queries, made once for all its references
         for reference in references:
-            extra = _reference_attention(
-                q, k, v, group.target, reference, attention, token_axis, out_token_axis, mask, folded
-            )
+            extra = _reference_attention(q, k, v, group.target, reference, attention, token_axis, out_token_axis, mask)
             extra = extra.to(target.dtype)
             if reference.region is None:
                 target.add_(extra, alpha=reference.coefficient)
@@ -135,14 +131,13 @@ def reference_feature_guidance_(
     return out
 
 
-def _reference_attention(
-    q, k, v, target: Span, reference: Reference, attention, token_axis, out_token_axis, mask, folded: dict
-):
+def _reference_attention(q, k, v, target: Span, reference: Reference, attention, token_axis, out_token_axis, mask):
     """Attn(Q_t, K_j[S_j], V_j[S_j]) for the target's query tokens (those of the region only): one call.
 
-    Rows that share the reference are folded into one query sequence: a view where the memory layout has one,
-    else one copy of the queries per group (``folded`` keeps it for the group's other references), never a copy
-    of the keys/values. A per-query mask of the model's call cannot fold: the reference is broadcast instead.
+    Rows that share the reference are folded into one query sequence where the memory layout has such a view
+    (no copy); else, and for a per-query mask of the model's call,
+    the reference's keys/values are broadcast over the rows (an expanded view): one batched call, no copies
+    (a copy of the queries measured +8.5% step peak memory at Flux width with PyTorch attention).
     """
     rows = target.rows
     queries = target.of(q, token_axis)
@@ -161,13 +156,8 @@ def _reference_attention(
     if reference.span.rows != 1:
         raise ValueError(f"a reference of {reference.span.rows} rows for a target of {rows} rows")
     per_query_mask = call_mask is not None and call_mask.ndim >= 2 and call_mask.shape[-2] > 1
-    if not per_query_mask:  # one query sequence over every guided row: exactly the per-row attention
-        if reference.region is not None:
-            sequence = _fold_rows(queries, token_axis)  # the gathered region queries are contiguous: a view
-        else:
-            if "queries" not in folded:
-                folded["queries"] = _fold_rows(queries, token_axis)
-            sequence = folded["queries"]
+    sequence = None if per_query_mask else _fold_rows(queries, token_axis)
+    if sequence is not None:  # one query sequence over every guided row: exactly the per-row attention
         result = attention(sequence, keys, values, call_mask)
         return result.squeeze(0).unflatten(out_token_axis - 1, (rows, -1)).movedim(out_token_axis - 1, 0)
     keys = keys.expand(rows, *keys.shape[1:])  # the shared reference broadcast over the rows (a view)
@@ -175,11 +165,14 @@ def _reference_attention(
     return attention(queries, keys, values, call_mask)
 
 
-def _fold_rows(x: torch.Tensor, token_axis: int) -> torch.Tensor:
-    """(n, ..., L, ...) as (1, ..., n*L, ...): a view where the memory layout allows one, else a copy (reshape)."""
+def _fold_rows(x: torch.Tensor, token_axis: int) -> torch.Tensor | None:
+    """(n, ..., L, ...) as (1, ..., n*L, ...) WITHOUT a copy, or None when the memory layout has no such view."""
     moved = x.movedim(0, token_axis - 1)
     axis = token_axis - 1
-    return moved.reshape(*moved.shape[:axis], -1, *moved.shape[axis + 2 :]).unsqueeze(0)
+    try:
+        return moved.view(*moved.shape[:axis], -1, *moved.shape[axis + 2 :]).unsqueeze(0)
+    except RuntimeError:
+        return None
 
 
 def _reference_mask(mask, q, k, target: Span, reference: Reference, query_tokens, key_tokens, token_axis):

@@ -130,15 +130,16 @@ def test_one_call_per_reference_over_the_folded_rows_with_views():
         assert values.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
 
 
-def test_heads_layout_without_a_folding_view_folds_a_copy_of_the_queries():
-    """(B, heads, L, d) rows cannot fold as a view: the group's queries are copied into one sequence (once for
-    all its references); the reference's K/V stay views of the call's keys (never copied or expanded)."""
+def test_heads_layout_without_a_folding_view_broadcasts_the_reference():
+    """(B, heads, L, d) rows cannot fold without a copy: the reference's K/V are expanded over the rows (a view of
+    the call's keys, no copy), one batched call per reference."""
     q, k, v = random_qkv(4, layout="heads")
     calls = []
     out = guide(q, k, v, in_batch_groups(chunk_layout(4, 1, (0, 1)), (0.3, 0.2)), "heads", calls=calls)
-    assert [tuple(c[0].shape) for c in calls] == [(1, HEADS, 2 * 10, DIM)] * 2
-    assert calls[0][0] is calls[1][0]  # one copy of the queries, shared by both references
-    assert all(c[1].untyped_storage().data_ptr() == k.untyped_storage().data_ptr() for c in calls)
+    assert [tuple(c[0].shape) for c in calls] == [(2, HEADS, 10, DIM)] * 2
+    for queries, keys, _, _ in calls:
+        assert keys.stride(0) == 0 and keys.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+        assert queries.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
     expected = reference.direct_guidance(q, k, v, HEADS, reference.in_batch_guidance(4, (0, 1), (0.3, 0.2)), "heads")
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
