@@ -90,6 +90,9 @@ class EasyRefBranch:
     ones (``cond_or_uncond``). Nothing is stored between calls.
     """
 
+    # reads the reference rows itself: they take the gate of the chunk's first image, whose conditioning they carry
+    knows_reference_rows = True
+
     def __init__(self, projections, layer, cond, uncond, weight, mask=None, notice=None):
         self.projections: ReferenceProjections = projections
         self.layer: str = layer

@@ -69,20 +69,10 @@ def strip_rows(tensor: torch.Tensor, chunks: int, extra: int) -> torch.Tensor:
     return split_rows(tensor, chunks, extra)[1]
 
 
-def _pack_attn2_types():
-    """Apply EasyRef's attn2 classes (``easyref_patch`` imports this module, so they are looked up at use)."""
-    from .easyref_patch import DecoupledCrossAttention, EasyRefBranch
-
-    return DecoupledCrossAttention, EasyRefBranch
-
-
 def knows_reference_rows(patch) -> bool:
-    """True for the pack's patches that read ``REFERENCE_ROWS_KEY`` themselves: its attn1 replaces and its DiT
-    attention overrides (``knows_reference_rows = True``), and Apply EasyRef's branches (they give the reference
-    rows the gate of the chunk's first image, whose conditioning those rows carry)."""
-    if getattr(patch, "knows_reference_rows", False) is True:
-        return True
-    return isinstance(patch, _pack_attn2_types()[1])
+    """True for the pack's patches that read ``REFERENCE_ROWS_KEY`` themselves (``knows_reference_rows = True``):
+    its attn1 replaces, its DiT attention overrides and Apply EasyRef's branches."""
+    return getattr(patch, "knows_reference_rows", False) is True
 
 
 def _own_rows_options(extra_options: dict, own_rows: int) -> dict:
@@ -165,8 +155,9 @@ def row_safe(patch):
     the rows; a per-call fork, the model's object untouched); any other in :class:`WithoutReferenceRows`."""
     if knows_reference_rows(patch):
         return patch
-    decoupled = _pack_attn2_types()[0]
-    if not isinstance(patch, decoupled):
+    from .easyref_patch import DecoupledCrossAttention  # easyref_patch imports this module: looked up at use
+
+    if not isinstance(patch, DecoupledCrossAttention):
         return WithoutReferenceRows(patch)
     inner = None if patch.inner is None else row_safe(patch.inner)
     callbacks = [c if knows_reference_rows(c) else BranchWithoutReferenceRows(c) for c in patch.callback]
