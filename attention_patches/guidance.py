@@ -56,6 +56,9 @@ class Reference:
 
     ``span.rows`` is 1 (one reference row shared by every guided row of the group) or the group's row count
     (paired row by row: each guided row has its own reference, e.g. a frame of the same clip).
+    ``keys`` / ``values`` (optional): the reference's keys/values come from ANOTHER forward at the same call
+    (a picture's, our extension "a picture as a clip's reference"), in the call's layout; ``span`` then indexes
+    them instead of the call's own k, v, and ``key_mask`` is that forward's mask of the call (None: no mask).
     ``selection``: token indices into the span's tokens (subject mask S_j), None = every token; an empty
     selection makes c_j = 0 here. ``region``: booleans over the target's tokens of one row (m_j), None = every
     guided token; all-false makes c_j = 0 here.
@@ -65,6 +68,9 @@ class Reference:
     coefficient: float
     selection: torch.Tensor | None = None
     region: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None
 
     def guides(self) -> bool:
         """False when this reference changes nothing at this call (c_j = 0, empty selection or region)."""
@@ -145,12 +151,15 @@ def _reference_attention(q, k, v, target: Span, reference: Reference, attention,
     if reference.region is not None:
         query_tokens = reference.region.nonzero().squeeze(1).to(q.device)
         queries = queries.index_select(token_axis, query_tokens)  # the region's queries only
+    external = reference.keys is not None
+    if external:  # another forward's keys/values (a picture's): its own mask, none of the call's
+        k, v, mask = reference.keys, reference.values, reference.key_mask
     keys, values = reference.span.of(k, token_axis), reference.span.of(v, token_axis)
     key_tokens = None
     if reference.selection is not None:  # the subject's tokens only (a gather of one reference's K/V)
         key_tokens = reference.selection.to(k.device)
         keys, values = keys.index_select(token_axis, key_tokens), values.index_select(token_axis, key_tokens)
-    call_mask = _reference_mask(mask, q, k, target, reference, query_tokens, key_tokens, token_axis)
+    call_mask = _reference_mask(mask, q, k, target, reference, query_tokens, key_tokens, token_axis, external)
     if reference.span.rows == rows or rows == 1:
         return attention(queries, keys, values, call_mask)
     if reference.span.rows != 1:
@@ -175,15 +184,19 @@ def _fold_rows(x: torch.Tensor, token_axis: int) -> torch.Tensor | None:
         return None
 
 
-def _reference_mask(mask, q, k, target: Span, reference: Reference, query_tokens, key_tokens, token_axis):
+def _reference_mask(mask, q, k, target: Span, reference: Reference, query_tokens, key_tokens, token_axis,
+                    external=False):  # fmt: skip
     """The model's mask for one extra attention: the reference row's key mask over the reference's keys.
 
     A per-row mask contributes the reference's row (its own padding mask); a per-query mask keeps the target's
-    query positions (the region's only). Views except where a selection gathers.
+    query positions (the region's only). Views except where a selection gathers. ``external``: the mask and
+    keys are another forward's (its rows are the reference's rows; a per-query mask is not supported there).
     """
     if mask is None:
         return None
-    batch, q_tokens, k_tokens = q.shape[0], q.shape[token_axis], k.shape[token_axis]
+    batch, q_tokens, k_tokens = (k if external else q).shape[0], q.shape[token_axis], k.shape[token_axis]
+    if external and mask.ndim >= 2 and mask.shape[-2] > 1:
+        raise ValueError("a per-query mask of another forward cannot mask a reference attention")
     if mask.ndim >= 3 and mask.shape[0] == batch and batch > 1:
         mask = mask.narrow(0, reference.span.row, reference.span.rows)
     if mask.shape[-1] == k_tokens:

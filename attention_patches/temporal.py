@@ -21,6 +21,8 @@ row: one batched attention call per run (one call in all when r is the first or 
 
 from __future__ import annotations
 
+import torch
+
 from .guidance import GuidanceGroup, Reference, Span
 
 
@@ -37,17 +39,38 @@ def guided_frame_runs(frames: int, reference_frame: int) -> tuple[tuple[int, int
 
 
 def reference_frame_groups(
-    rows: int, frames: int, tokens_per_frame: int, reference_frame: int, strength: float
+    rows: int,
+    frames: int,
+    tokens_per_frame: int,
+    reference_frame: int,
+    strength: float,
+    video_start: int = 0,
+    tokens: int | None = None,
+    device: torch.device | None = None,
 ) -> list[GuidanceGroup]:
-    """Eq. 5 with a reference frame: every row's frames t != r <- the same row's frame r.
+    """Eq. 5 with a reference frame: every row's frames t != r <- the same row's frame r (and its other tokens).
 
-    Tokens are frame-major (frame t is tokens [t*n, (t+1)*n) with n = ``tokens_per_frame``). Each run of guided
-    frames is one group over all ``rows`` rows, its reference frame r of the same rows (paired). [] when
-    ``strength`` is 0 or the clip has one frame.
+    The row's video tokens are [video_start, video_start + frames * n), frame-major (frame t is tokens
+    [video_start + t*n, video_start + (t+1)*n) with n = ``tokens_per_frame``). ``tokens``: the row's token count
+    (None = video tokens only). When the row has other tokens (joint text+video sequences, appended condition
+    tokens), K_r, V_r are frame r's tokens plus those other tokens, and the other tokens are never guided. Each
+    run of guided frames is one group over all ``rows`` rows, its reference paired row by row. [] when
+    ``strength`` is 0.
     """
     runs = guided_frame_runs(frames, reference_frame)
     if strength == 0.0:
         return []
-    n = tokens_per_frame
-    reference = Reference(Span(0, rows, reference_frame * n, (reference_frame + 1) * n), float(strength))
-    return [GuidanceGroup(Span(0, rows, start * n, stop * n), (reference,)) for start, stop in runs]
+    n, video_stop = tokens_per_frame, video_start + frames * tokens_per_frame
+    tokens = video_stop if tokens is None else tokens
+    frame_r = (video_start + reference_frame * n, video_start + (reference_frame + 1) * n)
+    if video_start == 0 and tokens == video_stop:
+        reference = Reference(Span(0, rows, *frame_r), float(strength))
+    else:  # S_r: frame r's video tokens and every non-video token of the row (a gather of 1/frames of K, V)
+        selection = torch.cat(
+            [torch.arange(0, video_start), torch.arange(*frame_r), torch.arange(video_stop, tokens)]
+        ).to(device)
+        reference = Reference(Span(0, rows, 0, tokens), float(strength), selection=selection)
+    return [
+        GuidanceGroup(Span(0, rows, video_start + start * n, video_start + stop * n), (reference,))
+        for start, stop in runs
+    ]

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 class ImageTokens:
     """Where one row's image tokens sit in a self-attention call: ``frames`` x ``height`` x ``width`` tokens
     (frame-major, row-major) from token ``start``; each token covers ``patch`` (h, w) latent pixels of a latent
-    of ``latent_size`` (h, w) pixels (padded up to whole patches)."""
+    of ``latent_size`` (h, w) pixels (padded up to whole patches). ``row_stride``: tokens from one image row to
+    the next in the call (0: ``width``, the rows are contiguous; more when each token row of the sequence also
+    holds other tokens, e.g. HiDream E1's image condition concatenated along the width)."""
 
     start: int
     frames: int
@@ -29,10 +31,17 @@ class ImageTokens:
     width: int
     latent_size: tuple[int, int]
     patch: tuple[int, int] = (1, 1)
+    row_stride: int = 0
 
     @property
     def count(self) -> int:
         return self.frames * self.height * self.width
+
+    def positions(self, device=None) -> torch.Tensor:
+        """The call's token index of every image token (``count`` of them, frame-major, row-major)."""
+        stride = self.row_stride or self.width
+        rows = torch.arange(self.frames * self.height, device=device).unsqueeze(1) * stride
+        return (self.start + rows + torch.arange(self.width, device=device)).reshape(-1)
 
 
 def center_crop_box(old_height: int, old_width: int, height: int, width: int) -> tuple[int, int]:

@@ -44,7 +44,7 @@ import torch
 
 from ..attention_patches.guidance import GuidanceGroup, reference_feature_guidance_
 from .attention_calls import FallbackNotice
-from .dit_families import CallSite
+from .dit_families.base import CallSite
 
 OVERRIDE_KEY = "optimized_attention_override"
 # Set on the transformer_options of the extra attentions we compute: overrides of this pack pass them through.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import dit_families, unet_blocks
+from . import coverage, dit_families, unet_blocks
 from .dit_families import DiTFamily
 from .unet_blocks import TransformerBlock
 
@@ -53,6 +53,7 @@ class ModelFamily:
     dit: DiTFamily | None = None
     unet_blocks: tuple[TransformerBlock, ...] = ()
     block_names: tuple[str, ...] = ()
+    refusal: str | None = None  # why the pack refuses this model (``coverage.REFUSED``), for the node's message
 
     @property
     def is_dit(self) -> bool:
@@ -62,6 +63,10 @@ class ModelFamily:
 def model_family(model_patcher) -> ModelFamily:
     """The family of a ComfyUI ModelPatcher's model."""
     model = model_patcher.model
+    refused = coverage.refusal(dit_families.config_names(model_patcher))
+    if refused is not None:
+        config, reason = refused
+        return ModelFamily(config, OTHER, refusal=reason)
     dit = dit_families.dit_family(model_patcher)
     if dit is not None:
         labels = tuple(dit_families.block_labels(model_patcher))
@@ -90,6 +95,10 @@ def require_family(
     if family.kind in kinds and (families is None or family.name in families):
         return family
     listing = ", ".join(supported)
+    if family.refusal:
+        raise ValueError(
+            f"{node_name} does not work with {family.name} models: {family.refusal}. It works with {listing} models."
+        )
     other_node = NODE_FOR_KIND.get(family.kind)
     if family.kind != OTHER and other_node and other_node != node_name and family.kind not in kinds:
         raise ValueError(

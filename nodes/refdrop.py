@@ -36,16 +36,17 @@ class ApplyRefDrop(io.ComfyNode):
                 "RefDrop (reference feature guidance, NeurIPS 2024): the first images of the latent batch are "
                 "references and every other image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V). Positive strength: consistent characters/objects across the batch; "
-                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x, SDXL and the diffusion "
-                "transformers Flux, Chroma, Qwen-Image, Lumina 2 / Z-Image, SD3 / SD3.5 and Cosmos Predict2. "
+                "negative strength: more diverse images. Training-free; works with SD1.x, SD2.x, SDXL and every image "
+                "diffusion transformer of the README's family table (Flux 1 / 2, Chroma, Qwen-Image, Z-Image, SD3, "
+                "HiDream, HunyuanImage 2.1, Kandinsky 5, ...; refused models say why). "
                 "Each image can have its own prompt (RefDrop Prompt Batch)."
             ),
             inputs=[
                 io.Model.Input(
                     "model",
                     tooltip=(
-                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL, Flux, Chroma, Qwen-Image, "
-                        "Lumina 2 / Z-Image, SD3 / SD3.5 or Cosmos Predict2."
+                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL or an image diffusion "
+                        "transformer (Flux 1 / 2 (Kontext, Klein), Chroma (Radiance), Qwen-Image (Edit), Z-Image, Lumina 2, SD3, HiDream, HunyuanImage 2.1, Kandinsky 5, Cosmos Predict2, AuraFlow, LongCat, Lens, JoyImage, Krea 2, Ideogram 4, ...; the README's family table lists them all)."
                     ),
                 ),
                 io.Float.Input(
@@ -162,16 +163,16 @@ class ApplyRefDropImage(io.ComfyNode):
                 "guidance branch; every generated image's self-attention becomes c*Attn(Q, K_ref, V_ref) + "
                 "(1-c)*Attn(Q, K, V) (Eq. 5; Eq. 6 for several references). Keeps a character from one picture "
                 "consistent across a whole batch or story. Optional subject masks restrict the reference to the "
-                "subject. Works with SD1.x, SD2.x, SDXL and the diffusion transformers Flux (incl. Flux Kontext), "
-                "Chroma, Qwen-Image (incl. Qwen-Image-Edit), Lumina 2 / Z-Image, SD3 / SD3.5 and Cosmos Predict2 "
-                "(subject masks and regions on all of them); combines with Apply RefDrop."
+                "subject. Works with SD1.x, SD2.x, SDXL and every image diffusion transformer of the README's family "
+                "table (Flux 1 / 2 incl. Kontext, Chroma, Qwen-Image incl. Edit, Z-Image, SD3, HiDream, HunyuanImage "
+                "2.1, Kandinsky 5, ...; subject masks and regions on all of them); combines with Apply RefDrop."
             ),
             inputs=[
                 io.Model.Input(
                     "model",
                     tooltip=(
-                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL, Flux, Chroma, Qwen-Image, "
-                        "Lumina 2 / Z-Image, SD3 / SD3.5 or Cosmos Predict2."
+                        "The model to patch (a clone is returned): SD1.x, SD2.x, SDXL or an image diffusion "
+                        "transformer (Flux 1 / 2 (Kontext, Klein), Chroma (Radiance), Qwen-Image (Edit), Z-Image, Lumina 2, SD3, HiDream, HunyuanImage 2.1, Kandinsky 5, Cosmos Predict2, AuraFlow, LongCat, Lens, JoyImage, Krea 2, Ideogram 4, ...; the README's family table lists them all)."
                     ),
                 ),
                 io.Vae.Input(

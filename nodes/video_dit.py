@@ -1,4 +1,4 @@
-"""RefDrop for video diffusion transformers: "Temporal RefDrop" (Wan 2.1 / 2.2 today)."""
+"""RefDrop for video diffusion transformers: "Temporal RefDrop" (every video DiT family of the README's table)."""
 
 from __future__ import annotations
 
@@ -19,16 +19,26 @@ class TemporalRefDrop(io.ComfyNode):
             display_name=NODE_NAME,
             category=REFDROP_CATEGORY,
             description=(
-                "RefDrop's video variant for Wan 2.1 / 2.2 (text-to-video, image-to-video, the 5B TI2V, each expert "
-                "of the 14B pair): in every self-attention, the tokens of every latent frame t other than the "
-                "reference frame r become c*Attn(Q_t, K_r, V_r) + (1-c)*(the model's own output), which steadies "
-                "identity and reduces flicker over the clip. The reference frame itself and all cross-attention "
-                "(text, CLIP image) are untouched. For Wan 2.2 14B put one node on each expert model."
+                "RefDrop's video variant for video diffusion transformers: Wan 2.1 / 2.2 and its variants (VACE, "
+                "Camera, S2V, HuMo, Animate, SCAIL, WanDancer), HunyuanVideo 1.0 / 1.5, Kandinsky 5, CogVideoX, "
+                "Cosmos, Mochi, LTX-Video. In every self-attention, the video tokens of every latent frame t other "
+                "than the reference frame r become c*Attn(Q_t, K_r, V_r) + (1-c)*(the model's own output), where "
+                "K_r, V_r are frame r's tokens plus the row's non-video tokens (text, reference tokens); this "
+                "steadies identity and reduces flicker over the clip. Frame r, text tokens and all cross-attention "
+                "are untouched. For Wan 2.2 14B put one node on each expert model. "
+                "With `image` (and `vae`) connected, the reference is that picture instead of a frame (text-to-video "
+                "models only: Wan 2.1 / 2.2 t2v, the Wan 2.2 5B, HunyuanVideo 1.0 t2v and 1.5): every latent frame "
+                "is guided toward it, c*Attn(Q_t, K_pic, V_pic) + (1-c)*X_t, e.g. a character from one picture in a "
+                "generated clip."
             ),
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="A Wan 2.1 / 2.2 model (Load Diffusion Model). For the 14B pair, one node per expert.",
+                    tooltip=(
+                        "A video diffusion transformer (Load Diffusion Model): Wan 2.x and its variants, "
+                        "HunyuanVideo, Kandinsky 5, CogVideoX, Cosmos, Mochi, LTX-Video (the README's family table "
+                        "lists them and the refused ones). For the Wan 2.2 14B pair, one node per expert."
+                    ),
                 ),
                 io.Float.Input(
                     "strength",
@@ -48,9 +58,11 @@ class TemporalRefDrop(io.ComfyNode):
                     min=0,
                     max=4095,
                     tooltip=(
-                        "The reference, as a LATENT frame index. Wan's latent frame 0 is the first video frame; "
-                        "every later latent frame covers four video frames (latent frame n = video frames 4n-3..4n), "
-                        "so an 81-frame video has 21 latent frames (0..20). Must be inside the clip."
+                        "The reference, as a LATENT frame index. Latent frame 0 is the first video frame; on Wan, "
+                        "HunyuanVideo, Kandinsky 5, CogVideoX and Cosmos Predict2 every later latent frame covers four "
+                        "video frames (81 frames = 21 latent frames, 0..20); Mochi six, Cosmos 1 and LTX-Video eight; "
+                        "CogVideoX 1.5 counts pairs of latent frames; Wan Animate counts the generated frames after "
+                        "its picture frame. Must be inside the clip."
                     ),
                 ),
                 *window_inputs(
@@ -65,9 +77,41 @@ class TemporalRefDrop(io.ComfyNode):
                     optional=True,
                     advanced=True,
                     tooltip=(
-                        "Transformer blocks to leave untouched, in the model's own numbering: 'block 0' is the first "
-                        "(Wan 14B has blocks 0..39, 1.3B and 5B 0..29), e.g. 'block 0, block 1'. Unknown names are "
-                        "refused with the valid range."
+                        "Transformer blocks to leave untouched, in the model's own names: Wan, CogVideoX, Cosmos, "
+                        "Mochi, LTX-Video 'block 0'.. (Wan 14B has blocks 0..39, 1.3B and 5B 0..29); HunyuanVideo "
+                        "'double 0'.., 'single 0'..; Kandinsky 5 'visual 0'... E.g. 'block 0, block 1'. Unknown names "
+                        "are refused with the valid ones."
+                    ),
+                ),
+                io.Image.Input(
+                    "image",
+                    optional=True,
+                    tooltip=(
+                        "Optional: ONE picture (e.g. a character) as the reference instead of a frame of the clip; "
+                        "every latent frame is guided toward it and `reference_frame` is not used. Text-to-video "
+                        "models only (Wan 2.1 / 2.2 t2v, the Wan 2.2 5B, HunyuanVideo 1.0 t2v and 1.5); an "
+                        "image-to-video model is refused (its clip starts from a picture already: use "
+                        "`reference_frame`). Any size: it is resized and centre-cropped to the latent size."
+                    ),
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip=(
+                        "The VAE of the same checkpoint as the model (Load VAE): encodes `image` once, when the node "
+                        "runs. Needed with `image`; unused without it."
+                    ),
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=io.ControlAfterGenerate.fixed,
+                    optional=True,
+                    tooltip=(
+                        "With `image`: the fixed noise that carries the picture through the steps (as a KSampler "
+                        "seed noises a latent). Unused without `image`."
                     ),
                 ),
             ],
@@ -83,10 +127,21 @@ class TemporalRefDrop(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, strength, reference_frame, start_percent=0.0, end_percent=1.0, exclude_blocks=""
+        cls,
+        model,
+        strength,
+        reference_frame,
+        start_percent=0.0,
+        end_percent=1.0,
+        exclude_blocks="",
+        image=None,
+        vae=None,
+        seed=0,
     ) -> io.NodeOutput:
         return io.NodeOutput(
-            glue.apply_temporal_refdrop(model, strength, reference_frame, start_percent, end_percent, exclude_blocks)
+            glue.apply_temporal_refdrop(
+                model, strength, reference_frame, start_percent, end_percent, exclude_blocks, image, vae, seed
+            )
         )
 
 

@@ -263,6 +263,12 @@ case "$cmd" in
     export COMFYUI_ROOT="$COMFY"
     exec "$VENV/bin/python" scripts/render_thumbnails.py "${@:2}"
     ;;
+  family-table)
+    install_host
+    cd "$REPO"
+    export COMFYUI_ROOT="$COMFY"
+    exec "$VENV/bin/python" scripts/family_table.py
+    ;;
   env)
     install_host
     echo "VENV=$VENV"
@@ -270,7 +276,7 @@ case "$cmd" in
     echo "RUFF=$VENV/bin/ruff"
     ;;
   *)
-    echo "usage: bash scripts/host.sh serve|start|stop|test|bench NAME|thumbnails|env" >&2
+    echo "usage: bash scripts/host.sh serve|start|stop|test|bench NAME|thumbnails|family-table|env" >&2
     exit 2
     ;;
 esac

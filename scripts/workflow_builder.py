@@ -56,6 +56,10 @@ WAN_FILES = [
      "url": f"{WAN22}/diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
     {"name": "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
      "url": f"{WAN22}/diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
+    {"name": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+     "url": f"{WAN22}/diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
+    {"name": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+     "url": f"{WAN22}/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "directory": "diffusion_models"},
     {"name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
      "url": f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
             "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "directory": "text_encoders"},
@@ -79,6 +83,14 @@ QWEN_IMAGE_FILES = [
      "url": f"{QWEN_IMAGE}/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "directory": "text_encoders"},
     {"name": "qwen_image_vae.safetensors", "url": f"{QWEN_IMAGE}/vae/qwen_image_vae.safetensors", "directory": "vae"},
 ]  # fmt: skip
+FLUX2 = f"{HF}/Comfy-Org/flux2-dev/resolve/main/split_files"
+FLUX2_FILES = [
+    {"name": "flux2_dev_fp8mixed.safetensors", "url": f"{FLUX2}/diffusion_models/flux2_dev_fp8mixed.safetensors",
+     "directory": "diffusion_models"},
+    {"name": "mistral_3_small_flux2_fp8.safetensors",
+     "url": f"{FLUX2}/text_encoders/mistral_3_small_flux2_fp8.safetensors", "directory": "text_encoders"},
+    {"name": "flux2-vae.safetensors", "url": f"{FLUX2}/vae/flux2-vae.safetensors", "directory": "vae"},
+]  # fmt: skip
 
 # Every download entry a workflow may attach, by file name (what the front end's missing-models dialog reads: name,
 # url, directory). A file that several repositories ship under one name (the Flux VAE `ae.safetensors`, also
@@ -86,7 +98,7 @@ QWEN_IMAGE_FILES = [
 # models=[entry])`, else it gets the first one.
 MODEL_SOURCES: dict[str, list[dict]] = {}
 for _entry in (SDXL_BASE, SVD_XT, EASYREF_CHECKPOINT, CONTROLNET_CANNY_SDXL, *FLUX_FILES, *WAN_FILES, *ZIMAGE_FILES,
-               *QWEN_IMAGE_FILES):  # fmt: skip
+               *QWEN_IMAGE_FILES, *FLUX2_FILES):  # fmt: skip
     MODEL_SOURCES.setdefault(_entry["name"], []).append(_entry)
 # Every model file a workflow names in a widget, by file name: the builder attaches this entry to the node's
 # `properties.models` unless the node names another of the file's MODEL_SOURCES.
@@ -129,6 +141,7 @@ OUTPUTS = {
     "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
     "ConditioningZeroOut": [("CONDITIONING", "CONDITIONING")],
     "EmptySD3LatentImage": [("LATENT", "LATENT")],
+    "EmptyFlux2LatentImage": [("LATENT", "LATENT")],
     "BatchImagesNode": [("IMAGE", "IMAGE")],
     "BatchMasksNode": [("MASK", "MASK")],
     "SolidMask": [("MASK", "MASK")],
@@ -183,6 +196,7 @@ GROUP_OF = {
 MIN_SIZE = {
     "ApplyRefDrop": (340, 250),
     "ApplyRefDropImage": (340, 320),
+    "TemporalRefDrop": (350, 290),  # 3 sockets (model, image, vae), 6 widgets and the seed's control
     "LoadImage": (320, 360),
     "SaveImage": (420, 420),
     "SaveAnimatedWEBP": (420, 420),

@@ -37,10 +37,11 @@ def region_weights(settings: RefDropSettings, call: AttentionCall, site: CallSit
             return [torch.zeros(call.q_tokens, dtype=torch.bool, device=call.q.device)] * references
         raise NotUnderstood("the image tokens of this call are unknown, so the regions cannot be placed")
     placed = settings.regions.on_image_tokens(image, call.q.device)
+    positions = image.positions(call.q.device)
     weights = []
     for j in range(references):
         region = torch.zeros(call.q_tokens, dtype=torch.bool, device=call.q.device)
-        region[image.start : image.start + image.count] = placed[j if len(placed) > 1 else 0]
+        region[positions] = placed[j if len(placed) > 1 else 0]
         weights.append(region)
     return weights
 
@@ -58,11 +59,13 @@ def subject_selections(masks: torch.Tensor | None, call: AttentionCall, site: Ca
             return None  # a text-only call: every reference keeps all its tokens
         raise NotUnderstood("the image tokens of this call are unknown, so the subject masks cannot be placed")
     selected = image_token_mask(masks, image).to(call.q.device)
-    tokens = torch.arange(call.k_tokens, device=call.q.device)
-    outside = torch.cat([tokens[: image.start], tokens[image.start + image.count :]])
+    positions = image.positions(call.q.device)
+    is_image = torch.zeros(call.k_tokens, dtype=torch.bool, device=call.q.device)
+    is_image[positions] = True
+    outside = (~is_image).nonzero().squeeze(1)
     selections = []
     for row in selected:
-        subject = row.nonzero().squeeze(1) + image.start
+        subject = positions[row]
         selections.append(torch.cat([subject, outside]).sort().values if subject.numel() else subject)
     return selections
 

@@ -105,39 +105,39 @@ def _latent_dimensions(model) -> int:
     return int(getattr(model.get_model_object("latent_format"), "latent_dimensions", 2))
 
 
-def check_vae(model, vae) -> None:
+def check_vae(model, vae, node_name: str = NODE_NAME) -> None:
     """A clear error when the VAE's latents do not fit the model (another checkpoint's VAE): channels and rank."""
     model_channels = model.get_model_object("latent_format").latent_channels
     vae_channels = getattr(vae, "latent_channels", None)
     if vae_channels is not None and vae_channels != model_channels:
         raise ValueError(
-            f"{NODE_NAME}: the VAE makes {vae_channels}-channel latents but the model samples {model_channels}-channel "
+            f"{node_name}: the VAE makes {vae_channels}-channel latents but the model samples {model_channels}-channel "
             "latents. Connect the VAE of the same checkpoint as the model (the loader's VAE output)."
         )
     model_dims, vae_dims = _latent_dimensions(model), getattr(vae, "latent_dim", None)
     if isinstance(vae_dims, int) and vae_dims != model_dims:
         kinds = {2: "image (2-D)", 3: "video (3-D)"}
         raise ValueError(
-            f"{NODE_NAME}: the VAE is a {kinds.get(vae_dims, f'{vae_dims}-D')} VAE but the model samples "
+            f"{node_name}: the VAE is a {kinds.get(vae_dims, f'{vae_dims}-D')} VAE but the model samples "
             f"{kinds.get(model_dims, f'{model_dims}-D')} latents. Connect the VAE of the same checkpoint as the model "
             "(the loader's VAE output)."
         )
 
 
-def check_images(images: torch.Tensor, vae) -> None:
+def check_images(images: torch.Tensor, vae, node_name: str = NODE_NAME) -> None:
     """A clear error for a reference batch the VAE cannot encode: no images, or smaller than one latent pixel."""
     if images.shape[0] == 0:
-        raise ValueError(f"{NODE_NAME}: `image` is an empty batch (0 images): connect at least one reference picture.")
+        raise ValueError(f"{node_name}: `image` is an empty batch (0 images): connect at least one reference picture.")
     ratio = vae.spacial_compression_encode()
     height, width = images.shape[1:3]
     if height < ratio or width < ratio:
         raise ValueError(
-            f"{NODE_NAME}: `image` is {width}x{height} pixels, smaller than one latent pixel of the VAE "
+            f"{node_name}: `image` is {width}x{height} pixels, smaller than one latent pixel of the VAE "
             f"({ratio}x{ratio}): use a reference picture of at least {ratio}x{ratio} pixels (a few hundred a side works best)."
         )
 
 
-def encode_references(model, vae, images: torch.Tensor) -> torch.Tensor:
+def encode_references(model, vae, images: torch.Tensor, node_name: str = NODE_NAME) -> torch.Tensor:
     """The references' latents (E, C, h, w), or (E, C, 1, h, w) for a model with a 3-D VAE (Qwen-Image, Cosmos),
     each exactly as the VAE Encode node makes it for that picture (the VAE was checked by :func:`check_vae`).
 
@@ -151,7 +151,7 @@ def encode_references(model, vae, images: torch.Tensor) -> torch.Tensor:
     frames_ok = rank == 4 or (latents.ndim == 5 and latents.shape[2] == 1)
     if latents.ndim != rank or latents.shape[1] != model_channels or not frames_ok:
         raise ValueError(
-            f"{NODE_NAME}: the VAE encoded the references to a latent of shape {tuple(latents.shape)}, but the model "
+            f"{node_name}: the VAE encoded the references to a latent of shape {tuple(latents.shape)}, but the model "
             f"samples {model_channels}-channel {rank}-D latents (one frame a picture). Connect the VAE of the same "
             "checkpoint as the model."
         )

@@ -60,6 +60,9 @@ def test_refdrop_schema_is_stable(object_info):
         "reference_strengths", "exclude_blocks", "start_percent", "end_percent", "mask", "regions"
     ]  # fmt: skip
     assert image["input"]["required"]["strength"][1]["default"] == 0.3
+    temporal = object_info["TemporalRefDrop"]["input_order"]
+    assert temporal["required"] == ["model", "strength", "reference_frame"]
+    assert temporal["optional"] == ["start_percent", "end_percent", "exclude_blocks", "image", "vae", "seed"]
 
 
 def test_workflows_are_served_as_templates(comfy_server):
@@ -111,5 +114,5 @@ def test_reference_image_strings_that_do_not_parse_are_refused_before_sampling(c
 def test_every_shipped_workflow_is_run_by_an_e2e_test():
     e2e_sources = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*workflows.py"))
     shipped = sorted(path.stem for path in (Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-    assert len(shipped) == 17
+    assert len(shipped) == 19
     assert [name for name in shipped if f"{name}.json" not in e2e_sources] == []

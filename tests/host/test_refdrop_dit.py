@@ -11,26 +11,21 @@ from refguide.comfy_patches.model_families import IMAGE_DIT, model_family
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import tiny_dits
 
-CONTEXT = 32
-FIVE_D = ("qwen_image", "cosmos_predict2")  # latents (B, C, T, H, W)
-POOLED = {"flux": 64, "sd3": 32}
-
 
 def apply_refdrop(model, strength=0.4, reference_count=1, skip_up1=False, reference_strengths="", exclude_blocks=""):
     return ApplyRefDrop.execute(model, strength, reference_count, skip_up1, reference_strengths, exclude_blocks).args[0]
 
 
 def conditioning(name, rows, seed, tokens=8):
+    entry = tiny_dits.ENTRIES[name]
     g = torch.Generator().manual_seed(seed)
-    extras = {}
-    if name in POOLED:
-        extras["pooled_output"] = torch.randn(rows, POOLED[name], generator=g)
-    return [torch.randn(rows, tokens, CONTEXT, generator=g), extras]
+    extras = entry.conditioning_extras(rows, g)
+    return [torch.randn(rows, tokens, entry.context_width, generator=g), extras]
 
 
 def sample(name, model, batch=3, cfg=1.0, steps=2, size=16):
     channels = model.model.latent_format.latent_channels
-    shape = (batch, channels, 1, size, size) if name in FIVE_D else (batch, channels, size, size)
+    shape = (batch, channels, 1, size, size) if tiny_dits.ENTRIES[name].five_d else (batch, channels, size, size)
     latent = torch.zeros(shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     positive, negative = [conditioning(name, batch, 1)], [conditioning(name, 1, 2)]
@@ -38,7 +33,7 @@ def sample(name, model, batch=3, cfg=1.0, steps=2, size=16):
                                disable_pbar=True)  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=[name for name in tiny_dits.CLASSES if name != "flux_light"])
+@pytest.fixture(scope="module", params=list(tiny_dits.ENTRIES))
 def family(request):
     return request.param, tiny_dits.tiny_dit(request.param)
 
@@ -106,23 +101,17 @@ def with_recorder(model):
     return base, recorder
 
 
-@pytest.mark.parametrize(
-    "name,self_calls",
-    [
-        ("flux", 4),  # double 0, 1, single 0, 1
-        ("lumina2", 2 + 2 + 2),  # context refiner 0, 1, noise refiner 0, 1, layer 0, 1: every self-attention call
-        ("zimage", 2 + 2 + 2),
-        ("sd3", 3),  # joint 0 (+ its image-only self-attention), joint 1
-        ("qwen_image", 2),
-    ],
-)
-def test_every_self_attention_call_is_guided_through_the_chained_override(name, self_calls):
+@pytest.mark.parametrize("name", list(tiny_dits.ENTRIES))
+def test_every_self_attention_call_is_guided_through_the_chained_override(name):
+    """Every self-attention call (``self_calls`` of the entry: e.g. Flux double 0, 1, single 0, 1; Lumina's two
+    refiners and layers; SD3.5 Medium's second attention) gets ONE extra attention through the chained override."""
+    self_calls = tiny_dits.ENTRIES[name].self_calls
     model = tiny_dits.tiny_dit(name, seed=1)
     base, recorder = with_recorder(model)
     sample(name, apply_refdrop(base), batch=3, steps=1)
-    plain_calls = recorder.guided_plain_calls()
-    assert len(plain_calls) == self_calls
-    for call, extras, reads_own_keys in plain_calls:
+    guided = [(call, extras, own) for call, extras, own in recorder.guided_plain_calls() if extras]
+    assert len(guided) == self_calls  # the other plain calls are cross-attention (Cosmos), never guided
+    for call, extras, reads_own_keys in guided:
         # ONE extra attention: rows 1 and 2 (two thirds of the call's queries) attend to the reference row 0 together
         assert extras == [pytest.approx(2 / 3)], call
         assert reads_own_keys  # the reference K/V are views of this very call's keys
@@ -351,8 +340,8 @@ def test_reference_image_on_flux_equals_an_in_batch_reference_made_the_samplers_
     g = torch.Generator().manual_seed(4)
     rows, sigma = 2, 0.6
     x = torch.randn(rows, 16, 16, 16, generator=g)
-    context = torch.randn(rows, 8, CONTEXT, generator=g)
-    pooled = torch.randn(rows, POOLED["flux"], generator=g)
+    context = torch.randn(rows, 8, 32, generator=g)
+    pooled = torch.randn(rows, 64, generator=g)
     guidance = torch.full((rows,), 3.5)
 
     def call(patcher, x, context, pooled, guidance):

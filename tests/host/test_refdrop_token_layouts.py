@@ -3,11 +3,12 @@
 Each tiny real ComfyUI DiT runs ComfyUI's sampler for one step; the pack's attention override is wrapped by a
 recorder (test-only) that keeps every self-attention call's q/k/v/mask and the pack's output. For every call the
 output must equal the one direct float64 computation (refguide_testing.reference.direct_guidance) with the
-regions / subject tokens placed on the image tokens where THIS test says they are (written from the models'
-code, independently of the pack's family table): Flux / Chroma / Qwen-Image [text; image], SD3 [context; image],
-Lumina 2 / Z-Image [caption (padded to 32 on Z-Image); image (padded)] after an image-only noise refiner and a
-caption-only context refiner, Cosmos Predict2 image only. The latent is 11 x 13 (odd: the models pad to 12 x 14,
-a 6 x 7 token grid) except on Cosmos (12 x 14, it does not pad).
+regions / subject tokens placed on the image tokens where the test entries say they are
+(``tiny_dits.ENTRIES[...].image_start``, written from the models' code, independently of the pack's family table):
+e.g. Flux / Chroma / Qwen-Image [text; image], SD3 [context; image], Lumina 2 / Z-Image [caption (padded to 32 on
+Z-Image); image (padded)] after an image-only noise refiner and a caption-only context refiner, Cosmos Predict2
+image only. The latent is 11 x 13 (odd: the models pad to 12 x 14, a 6 x 7 token grid) except on models that do
+not pad (12 x 14).
 """
 
 from __future__ import annotations
@@ -26,49 +27,43 @@ from refguide.comfy_patches.reference_rows import REFERENCE_MASKS_KEY, REFERENCE
 from refguide.nodes.refdrop import ApplyRefDrop
 from refguide_testing import reference, tiny_dits
 
-CONTEXT_TOKENS, CONTEXT_WIDTH = 8, 32
-FIVE_D = ("qwen_image", "cosmos_predict2")
-POOLED = {"flux": 64, "sd3": 32}
-FAMILIES = [name for name in tiny_dits.CLASSES if name != "flux_light"]
+CONTEXT_TOKENS = 8
+FAMILIES = list(tiny_dits.ENTRIES)
 PIXELS = 8  # image pixels per latent pixel (the masks are drawn at image size)
 
 
 def latent_size(name):
-    return (12, 14) if name == "cosmos_predict2" else (11, 13)
+    return (11, 13) if tiny_dits.ENTRIES[name].pads_latent else (12, 14)
 
 
 def token_grid(name):
     height, width = latent_size(name)
-    return math.ceil(height / 2), math.ceil(width / 2)
+    patch = tiny_dits.ENTRIES[name].patch
+    return math.ceil(height / patch), math.ceil(width / patch)
 
 
 def image_start(name, tokens, image_count, multiple=None):
     """Where the image tokens of a self-attention call of ``tokens`` tokens start (None: a text-only call).
     ``multiple``: Lumina / Z-Image pad caption and image tokens to it (the model's pad_tokens_multiple)."""
-    if name in ("flux", "chroma", "qwen_image"):
-        return CONTEXT_TOKENS
-    if name in ("lumina2", "zimage"):
-        multiple = multiple or 1
-        if tokens == -(-CONTEXT_TOKENS // multiple) * multiple:
-            return None  # the context refiner: caption tokens only
-        return tokens - -(-image_count // multiple) * multiple
-    return tokens - image_count  # SD3 [context; image], Cosmos image only
+    return tiny_dits.ENTRIES[name].image_start(tokens, image_count, CONTEXT_TOKENS, multiple)
 
 
 def tokens_of(mask, name):
-    """The image tokens (row-major on the padded grid) whose 2 x 2 latent patch averages >= 0.5; padding = 0."""
+    """The image tokens (row-major on the padded grid) whose latent patch (2 x 2, or the entry's patch) averages
+    >= 0.5; padding = 0."""
     height, width = latent_size(name)
     latent = mask.reshape(height, PIXELS, width, PIXELS).mean(dim=(1, 3))
     grid_h, grid_w = token_grid(name)
-    padded = torch.zeros(grid_h * 2, grid_w * 2)
+    patch = tiny_dits.ENTRIES[name].patch
+    padded = torch.zeros(grid_h * patch, grid_w * patch)
     padded[:height, :width] = latent
-    averaged = padded.reshape(grid_h, 2, grid_w, 2).mean(dim=(1, 3))
+    averaged = padded.reshape(grid_h, patch, grid_w, patch).mean(dim=(1, 3))
     return set((averaged.flatten() >= 0.5).nonzero().flatten().tolist())
 
 
 def left_right_regions(name):
     """Two regions in the generated image's frame: left 6 latent columns, and the columns from 5 on (they overlap
-    on token column 2, whose patch is half in the second region: average 0.5, selected)."""
+    on token column 2, whose patch is half in the second region: average 0.5, selected; at patch 1, on column 5)."""
     height, width = latent_size(name)
     regions = torch.zeros(2, height * PIXELS, width * PIXELS)
     regions[0, :, : 6 * PIXELS] = 1.0
@@ -108,13 +103,14 @@ def recording(patched):
 
 
 def sample_once(name, model, batch):
+    entry = tiny_dits.ENTRIES[name]
     channels = model.model.latent_format.latent_channels
     size = latent_size(name)
-    shape = (batch, channels, 1, *size) if name in FIVE_D else (batch, channels, *size)
+    shape = (batch, channels, 1, *size) if entry.five_d else (batch, channels, *size)
     g = torch.Generator().manual_seed(3)
-    extras = {"pooled_output": torch.randn(batch, POOLED[name], generator=g)} if name in POOLED else {}
-    positive = [[torch.randn(batch, CONTEXT_TOKENS, CONTEXT_WIDTH, generator=g), extras]]
-    negative = [[torch.randn(1, CONTEXT_TOKENS, CONTEXT_WIDTH, generator=g), dict(extras)]]
+    extras = entry.conditioning_extras(batch, g)
+    positive = [[torch.randn(batch, CONTEXT_TOKENS, entry.context_width, generator=g), extras]]
+    negative = [[torch.randn(1, CONTEXT_TOKENS, entry.context_width, generator=g), dict(extras)]]
     noise = torch.randn(shape, generator=g)
     comfy.sample.sample(model, noise, 1, 1.0, "euler", "simple", positive, negative, torch.zeros(shape), seed=3,
                         disable_pbar=True)  # fmt: skip
@@ -129,6 +125,10 @@ def additive(mask, rows, keys):
     return flat.double()
 
 
+def unguided(b, t):
+    return []
+
+
 def check_calls(name, calls, guidance_for, multiple=None):
     """Every recorded call equals the direct computation; returns how many calls had image tokens."""
     assert calls, "no self-attention call was recorded"
@@ -138,8 +138,11 @@ def check_calls(name, calls, guidance_for, multiple=None):
         layout = "heads" if skip_reshape else "flat"
         tokens = q.shape[2 if skip_reshape else 1]
         start = image_start(name, tokens, image_count, multiple)
-        with_image += start is not None
-        guidance = guidance_for(q.shape[0] // len(order), start, tokens)
+        if start == tiny_dits.PLAIN:  # not one image's self-attention (Krea 2's text fusion): the unpatched model
+            guidance = unguided
+        else:
+            with_image += start is not None
+            guidance = guidance_for(q.shape[0] // len(order), start, tokens)
         qd, kd, vd = q.double(), k.double(), v.double()
         expected = reference.direct_guidance(qd, kd, vd, heads, guidance, layout, additive(mask, q.shape[0], tokens))
         if layout == "heads" and not skip_output_reshape:

@@ -144,15 +144,24 @@ def test_video_models_are_refused():
 
 
 def test_unsupported_models_are_refused_with_the_supported_families():
+    """A model of a configuration the pack does not know (a model ComfyUI adds after 0.30.0: here a real AuraFlow
+    network under a configuration class of its own) is refused, naming the supported families."""
     import comfy.model_patcher
     import comfy.supported_models
+    import comfy.supported_models_base
 
-    model_config = comfy.supported_models.AuraFlow({"dim": 64, "n_layers": 2, "n_double_layers": 1, "n_heads": 2,
-                                                    "global_conddim": 64, "cond_seq_dim": 32, "max_seq": 64})  # fmt: skip
+    class FutureModel(comfy.supported_models_base.BASE):
+        unet_config = {}
+
+    unet_config = {"dim": 64, "n_layers": 2, "n_double_layers": 1, "n_heads": 2, "global_conddim": 64,
+                   "cond_seq_dim": 32, "max_seq": 64}  # fmt: skip
+    model_config = comfy.supported_models.AuraFlow(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
-    patcher = comfy.model_patcher.ModelPatcher(model_config.get_model({}), torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"works with SD1.x, SD2.x, SDXL, Flux, .*Qwen-Image.* models; this model "
-                                         r"\(AuraFlow\) is not supported"):  # fmt: skip
+    model = model_config.get_model({})
+    model.model_config = FutureModel(dict(unet_config))  # this test's own instance, nothing shared
+    patcher = comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"works with SD1.x, SD2.x, SDXL, Flux, .*Qwen-Image.*HiDream.* models; "
+                                         r"this model \(AuraFlow\) is not supported"):  # fmt: skip
         apply_refdrop(patcher)
 
 

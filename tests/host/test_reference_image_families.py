@@ -1,9 +1,9 @@
 """Apply RefDrop (Reference Image) on every image diffusion-transformer family: tiny real ComfyUI DiTs and VAEs.
 
-For each family (Flux, Flux Kontext, Chroma, Qwen-Image, Qwen-Image-Edit, Lumina 2, Z-Image, SD3, Cosmos Predict2)
-one model call, made as the sampler makes it (the model's own extra_conds, process_cond, apply_model with the
-clone's wrappers), equals in-batch Apply RefDrop on a batch with the noised reference rows in front of each
-guidance chunk, where x_ref is computed here independently: VAE Encode of each picture, per-frame
+For each family of ``tiny_dits.ENTRIES`` (plus Flux Kontext, Flux 2 editing and Qwen-Image-Edit: their base class
+with reference latents) one model call, made as the sampler makes it (the model's own extra_conds, process_cond,
+apply_model with the clone's wrappers), equals in-batch Apply RefDrop on a batch with the noised reference rows in
+front of each guidance chunk, where x_ref is computed here independently: VAE Encode of each picture, per-frame
 common_upscale, comfy.sample.prepare_noise, process_latent_in and the model's noise_scaling; the reference rows
 get the chunk's first row's conditioning. Then one real sampling run per family.
 """
@@ -20,21 +20,10 @@ from refguide.comfy_patches.reference_rows import _extend_cond, _extend_sigma
 from refguide.nodes.refdrop import ApplyRefDrop, ApplyRefDropImage
 from refguide_testing import tiny_dits
 
-CONTEXT, TOKENS = 32, 8
-POOLED = {"flux": 64, "sd3": 32}
+TOKENS = 8
 # test case -> tiny model; Flux Kontext and Qwen-Image-Edit are their base class with reference latents
-CASES = {
-    "flux": "flux",
-    "flux_kontext": "flux",
-    "chroma": "chroma",
-    "qwen_image": "qwen_image",
-    "qwen_image_edit": "qwen_image",
-    "lumina2": "lumina2",
-    "zimage": "zimage",
-    "sd3": "sd3",
-    "cosmos_predict2": "cosmos_predict2",
-}
-FIVE_D = ("qwen_image", "cosmos_predict2")  # latents (B, C, T, H, W) of the Wan 2.1 VAE
+CASES = {name: name for name in tiny_dits.ENTRIES} | {"flux_kontext": "flux", "qwen_image_edit": "qwen_image"}
+CASES["flux2_edit"] = "flux2"  # Flux 2 editing: reference latents appended after the image tokens ("index" method)
 SEED, SIGMA = 3, 0.6
 
 
@@ -54,15 +43,17 @@ def case(request):
 
 
 def latent_shape(base, rows, size=16, frames=1):
-    return (rows, 16, frames, size, size) if base in FIVE_D else (rows, 16, size, size)
+    entry = tiny_dits.ENTRIES[base]
+    channels = entry.latent_channels
+    return (rows, channels, frames, size, size) if entry.five_d else (rows, channels, size, size)
 
 
 def raw_inputs(name, base, rows, seed):
     """What a text encoder / conditioning node hands the model's extra_conds: ``rows`` rows of each per-row input."""
+    entry = tiny_dits.ENTRIES[base]
     g = torch.Generator().manual_seed(seed)
-    raw = {"cross_attn": torch.randn(rows, TOKENS, CONTEXT, generator=g)}
-    if base in POOLED:
-        raw["pooled_output"] = torch.randn(rows, POOLED[base], generator=g)
+    raw = {"cross_attn": torch.randn(rows, TOKENS, entry.context_width, generator=g)}
+    raw.update(entry.conditioning_extras(rows, g))
     if base == "qwen_image":  # every row pads a different number of text tokens (integer mask, as the encoder's)
         raw["attention_mask"] = torch.ones(rows, TOKENS, dtype=torch.long)
         for row in range(rows):
@@ -72,6 +63,8 @@ def raw_inputs(name, base, rows, seed):
         raw["attention_mask"][:, -2:] = 0
     if name == "flux_kontext":  # a different reference latent per row (the edit's input pictures)
         raw["reference_latents"] = [torch.randn(rows, 16, 8, 8, generator=g)]
+    if name == "flux2_edit":  # 128-channel reference latents (Flux 2 latents: one token per latent pixel)
+        raw["reference_latents"] = [torch.randn(rows, 128, 4, 4, generator=g)]
     if name == "qwen_image_edit":
         raw["reference_latents"] = [torch.randn(rows, 16, 1, 8, 8, generator=g)]
     return raw

@@ -209,7 +209,7 @@ CASES: list[Case] = [
     Case("image-svd", "Apply RefDrop (Reference Image)", "an SVD model", "execution",
          ("this is a Stable Video Diffusion model (video UNet): use the 'SVD Temporal RefDrop' node instead.",), lambda c: _reference_image("grey", SVD)),
     Case("temporal-sdxl", "Temporal RefDrop", "an SDXL model", "execution",
-         ("Temporal RefDrop works with Wan 2.1 / 2.2 models; this is a SDXL model (image UNet): use the 'Apply RefDrop' node instead.",), lambda c: _patch_only(SDXL, "TemporalRefDrop", strength=0.2, reference_frame=0)),
+         ("Temporal RefDrop works with Wan 2.1 / 2.2, ", "models; this is a SDXL model (image UNet): use the 'Apply RefDrop' node instead."), lambda c: _patch_only(SDXL, "TemporalRefDrop", strength=0.2, reference_frame=0)),
     # ---- strengths ----
     Case("strengths-word", "Apply RefDrop", "`reference_strengths` '0.3, lots'", "validation",
          ("reference_strengths: 'lots' is not a number (expected e.g. '0.3, 0.2')",), lambda c: _patch_only(SDXL, "ApplyRefDrop", strength=0.3, reference_count=2, skip_up1=False, reference_strengths="0.3, lots")),

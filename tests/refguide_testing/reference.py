@@ -43,6 +43,8 @@ def direct_guidance(q, k, v, heads: int, guidance, layout: str = "flat", mask=No
     query at a time; returns the layout of q.
     """
     qh, kh, vh = (heads_first(x, heads, layout) for x in (q, k, v))
+    if kh.shape[1] != qh.shape[1]:  # grouped-query attention (enable_gqa): each key/value head serves a group
+        kh, vh = (x.repeat_interleave(qh.shape[1] // x.shape[1], dim=1) for x in (kh, vh))
     scale = qh.shape[-1] ** -0.5
 
     def attend(query, row, tokens):  # query (heads, d) -> (heads, d)

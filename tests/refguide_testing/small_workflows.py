@@ -59,11 +59,11 @@ def small(prompt: dict) -> dict:
     """The prompt at the smallest sizes: 64x64 images, 2 steps, 3 SVD frames, 5 Wan frames (2 latent frames)."""
     for node in prompt.values():
         inputs, kind = node["inputs"], node["class_type"]
-        if kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
+        if kind in ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyFlux2LatentImage"):
             inputs.update(width=SIZE, height=SIZE)
         elif kind == "SVD_img2vid_Conditioning":
             inputs.update(width=SIZE, height=SIZE, video_frames=FRAMES)
-        elif kind == "WanImageToVideo":
+        elif kind in ("WanImageToVideo", "EmptyHunyuanLatentVideo"):
             inputs.update(width=SIZE, height=SIZE, length=WAN_FRAMES)
         elif kind == "KSampler":
             inputs["steps"] = STEPS

@@ -244,6 +244,70 @@ def test_reference_frames_match_the_direct_computation(layout, rows, frames, per
     assert all(keys.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() for _, keys, _, _ in calls)
 
 
+@pytest.mark.parametrize("layout", ["flat", "heads"])
+@pytest.mark.parametrize(
+    "video_start,after,frames,per_frame,reference_frame", [(0, 4, 3, 4, 0), (5, 0, 4, 3, 2), (3, 2, 2, 5, 1)]
+)
+def test_reference_frames_in_a_joint_sequence_match_the_direct_computation(
+    layout, video_start, after, frames, per_frame, reference_frame
+):
+    """Joint text + video rows (HunyuanVideo) and appended condition tokens (Wan S2V / Animate): only video
+    queries of frames t != r are guided, toward frame r's tokens plus every non-video token of the same row."""
+    rows, c = 2, 0.3
+    tokens = video_start + frames * per_frame + after
+    q, k, v = random_qkv(rows, tokens=tokens, layout=layout, seed=tokens)
+    frame_r = range(video_start + reference_frame * per_frame, video_start + (reference_frame + 1) * per_frame)
+    video = range(video_start, video_start + frames * per_frame)
+    keys = [t for t in range(tokens) if t in frame_r or t not in video]
+
+    def guidance(b, t):
+        return [(b, keys, c)] if t in video and t not in frame_r else []
+
+    groups = reference_frame_groups(rows, frames, per_frame, reference_frame, c, video_start=video_start,
+                                    tokens=tokens)  # fmt: skip
+    out = guide(q, k, v, groups, layout)
+    expected = reference.direct_guidance(q, k, v, HEADS, guidance, layout)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["flat", "heads"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_references_from_another_forward_match_the_direct_computation(layout, masked):
+    """A picture as a clip's reference (our extension): the keys/values come from another forward (one picture row
+    per chunk, fewer tokens than the clip); every query of each chunk's clips attends to its chunk's picture row
+    (with that forward's own key mask). Checked against the direct computation on the rows stacked together."""
+    chunks, per_chunk, clip_tokens, picture_tokens, c = 2, 2, 9, 5, 0.4
+    q, k, v = random_qkv(chunks * per_chunk, tokens=clip_tokens, layout=layout, seed=5)
+    _, pk, pv = random_qkv(chunks, tokens=picture_tokens, layout=layout, seed=6)
+    key_mask = torch.zeros(chunks, picture_tokens, dtype=torch.float64)
+    if masked:
+        key_mask[1, -2:] = -torch.inf  # chunk 1's picture row pads two tokens
+    groups = [
+        GuidanceGroup(Span(chunk * per_chunk, per_chunk),
+                      (Reference(Span(chunk), c, keys=pk, values=pv, key_mask=mask_for_call(key_mask) if masked else None),))
+        for chunk in range(chunks)
+    ]  # fmt: skip
+    out = guide(q, k, v, groups, layout)
+    # stacked: clip rows then picture rows (picture keys padded with masked tokens up to the clip's token count)
+    axis = 1 if layout == "flat" else 2
+    pad = clip_tokens - picture_tokens
+    padded = [
+        torch.cat([x, torch.zeros_like(x.narrow(axis, 0, 1)).repeat_interleave(pad, axis)], axis) for x in (pk, pv)
+    ]
+    big_k, big_v = torch.cat([k, padded[0]]), torch.cat([v, padded[1]])
+    big_q = torch.cat([q, torch.zeros_like(padded[0])])
+    big_mask = torch.zeros(chunks * per_chunk + chunks, clip_tokens, dtype=torch.float64)
+    big_mask[chunks * per_chunk :, picture_tokens:] = -torch.inf
+    big_mask[chunks * per_chunk :, :picture_tokens] += key_mask
+
+    def guidance(b, t):
+        return [] if b >= chunks * per_chunk else [(chunks * per_chunk + b // per_chunk, None, c)]
+
+    big_mask[: chunks * per_chunk] = 0.0
+    expected = reference.direct_guidance(big_q, big_k, big_v, HEADS, guidance, layout, big_mask)
+    torch.testing.assert_close(out, expected[: chunks * per_chunk], rtol=1e-12, atol=1e-12)
+
+
 def test_reference_frame_edges():
     assert guided_frame_runs(5, 2) == ((0, 2), (3, 5)) and guided_frame_runs(1, 0) == ()
     assert reference_frame_groups(2, 1, 6, 0, 0.5) == [] and reference_frame_groups(2, 3, 6, 0, 0.0) == []

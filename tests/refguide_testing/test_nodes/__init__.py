@@ -87,6 +87,8 @@ def _wan_variant(unet_name: str) -> str:
 def _dit_family(file_name: str) -> str | None:
     """The tiny DiT (refguide_testing.tiny_dits) a diffusion-model, text-encoder or VAE file name belongs to."""
     lowered = file_name.lower().replace("-", "_")
+    if "flux2" in lowered:  # flux2_dev_fp8mixed, flux2-vae: the light Flux 2 (1024x1024 on a CPU)
+        return "flux2_light"
     if "z_image" in lowered or "zimage" in lowered:
         return "zimage"
     if "qwen_image" in lowered:
@@ -100,7 +102,8 @@ class RefGuideTestUNETLoader:
     Wan files (``wan...``): ComfyUI's real WanModel at toy size, the variant the name says (t2v, i2v, Wan 2.2 14B
     i2v experts, 5B TI2V); Wan 2.2's high- and low-noise experts get different weights, as the two real files
     have. Z-Image (``z_image...``) and Qwen-Image (``qwen_image...``) files: the tiny real Z-Image / Qwen-Image
-    transformer. Anything else: a tiny real Flux diffusion model (one double-stream block).
+    transformer; Flux 2 files (``flux2...``): the light Flux 2 (Flux 2's parameters, one double-stream block).
+    Anything else: a tiny real Flux diffusion model (one double-stream block).
     """
 
     @classmethod
@@ -152,8 +155,8 @@ class RefGuideTestDualCLIPLoader:
 
 class RefGuideTestCLIPLoader:
     """Stand-in for CLIPLoader: a real tiny comfy.sd.CLIP whose width fits the tiny model of the `type`: "lumina2"
-    (Qwen3-4B for Z-Image) the tiny Z-Image, "qwen_image" (Qwen2.5-VL 7B) the tiny Qwen-Image, else (umt5-xxl for
-    Wan) the tiny Wan."""
+    (Qwen3-4B for Z-Image) the tiny Z-Image, "qwen_image" (Qwen2.5-VL 7B) the tiny Qwen-Image, "flux2" (Mistral 3
+    Small / Qwen 3) the tiny Flux 2, else (umt5-xxl for Wan) the tiny Wan."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -176,13 +179,16 @@ class RefGuideTestCLIPLoader:
             return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_ZIMAGE["cap_feat_dim"]),)
         if type == "qwen_image":
             return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_QWEN_IMAGE["joint_attention_dim"]),)
+        if type == "flux2":  # Mistral 3 Small (Flux 2 dev) / Qwen 3 (Klein): the tiny Flux 2's text width
+            return (tiny_models.tiny_clip(context_dim=tiny_dits.TINY_FLUX2["context_in_dim"]),)
         return (tiny_wan.tiny_wan_text_encoder(),)
 
 
 class RefGuideTestVAELoader:
     """Stand-in for VAELoader: ComfyUI's real Wan 2.1 VAE class at toy width for Wan and Qwen-Image files
     (``wan...``, ``qwen_image...``: Qwen-Image's VAE is a Wan 2.1 VAE), else a tiny real AutoencoderKL with 16
-    latent channels (the Flux VAE ae.safetensors, which Z-Image uses too)."""
+    latent channels (the Flux VAE ae.safetensors, which Z-Image uses too); Flux 2 files (``flux2-vae``): the
+    Flux 2 shaped VAE (128 latent channels, 16x down-sampling)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -198,6 +204,9 @@ class RefGuideTestVAELoader:
 
             return (tiny_wan.tiny_wan_vae(),)
         from refguide_testing import tiny_dits
+
+        if _dit_family(vae_name) == "flux2_light":  # flux2-vae: 128 latent channels, 16x down-sampling
+            return (tiny_dits.tiny_flux2_vae(),)
 
         return (tiny_dits.tiny_flux_vae(),)
 
