@@ -9,8 +9,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from readme_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- bad-input-table:start -->", "<!-- bad-input-table:end -->"
 
 
 def load_cases():
@@ -23,14 +24,7 @@ def load_cases():
 
 
 def main() -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{load_cases().render_table()}\n{END}{tail}")
-    print("README.md: bad-input table written")
+    write_section("bad-input-table", load_cases().render_table())
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from readme_section import write_section
+
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- family-table:start -->", "<!-- family-table:end -->"
 
 
 def main() -> None:
@@ -20,14 +21,7 @@ def main() -> None:
     setup_host()
     from refguide.comfy_patches import coverage
 
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{coverage.render_table()}\n{END}{tail}")
-    print("README.md: family table written")
+    write_section("family-table", coverage.render_table())
 
 
 if __name__ == "__main__":

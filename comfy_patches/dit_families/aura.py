@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import comfy.ldm.aura.mmdit
 
-from .base import IMAGE_LAST, CallSite, DiTFamily, unexpected_call
+from .base import IMAGE_LAST, CallSite, DiTFamily, numbered, unexpected_call
 
 
 class AuraFlowFamily(DiTFamily):
@@ -22,9 +22,7 @@ class AuraFlowFamily(DiTFamily):
         self.calls = tuple(self.block_labels(diffusion_model))
 
     def block_labels(self, diffusion_model) -> list[str]:
-        return [f"double {i}" for i in range(len(diffusion_model.double_layers))] + [
-            f"single {i}" for i in range(len(diffusion_model.single_layers))
-        ]
+        return numbered("double", diffusion_model.double_layers) + numbered("single", diffusion_model.single_layers)
 
     def call_site(self, key, ordinal, call) -> CallSite:
         if key == (None, None) and ordinal < len(self.calls):

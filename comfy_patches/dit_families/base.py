@@ -41,6 +41,11 @@ class CallSite:
     image: ImageTokens | None = None  # placed by DiTFamily.with_image_tokens for guided calls
 
 
+def numbered(name: str, blocks) -> list[str]:
+    """Block labels ``"<name> 0"``, ``"<name> 1"``, .. for a sequence of blocks (a ModuleList)."""
+    return [f"{name} {i}" for i in range(len(blocks))]
+
+
 def unexpected_call(key, ordinal) -> CallSite:
     """The call site of an attention call a family does not make (it runs plain, reported once)."""
     return CallSite(None, False, f"an attention call this model family does not make (block {key}, call {ordinal})")

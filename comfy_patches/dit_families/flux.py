@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
 
-from .base import TEXT_THEN_IMAGE, CallSite, DiTFamily, unexpected_call
+from .base import TEXT_THEN_IMAGE, CallSite, DiTFamily, numbered, unexpected_call
 
 
 class FluxFamily(DiTFamily):
@@ -21,9 +21,7 @@ class FluxFamily(DiTFamily):
     naming = "`double 0`.. (double-stream), `single 0`.. (single-stream); joint text+image self-attention"
 
     def block_labels(self, diffusion_model) -> list[str]:
-        return [f"double {i}" for i in range(len(diffusion_model.double_blocks))] + [
-            f"single {i}" for i in range(len(diffusion_model.single_blocks))
-        ]
+        return numbered("double", diffusion_model.double_blocks) + numbered("single", diffusion_model.single_blocks)
 
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key

@@ -9,7 +9,7 @@ import comfy.ldm.hidream.model
 import torch
 
 from ...attention_patches.tokens import ImageTokens
-from .base import IMAGE_ONLY, CallSite, DiTFamily, unexpected_call
+from .base import IMAGE_ONLY, CallSite, DiTFamily, numbered, unexpected_call
 
 
 class HiDreamFamily(DiTFamily):
@@ -36,9 +36,9 @@ class HiDreamFamily(DiTFamily):
         self.calls = tuple(self.block_labels(diffusion_model))
 
     def block_labels(self, diffusion_model) -> list[str]:
-        return [f"double {i}" for i in range(len(diffusion_model.double_stream_blocks))] + [
-            f"single {i}" for i in range(len(diffusion_model.single_stream_blocks))
-        ]
+        return numbered("double", diffusion_model.double_stream_blocks) + numbered(
+            "single", diffusion_model.single_stream_blocks
+        )
 
     def call_site(self, key, ordinal, call) -> CallSite:
         if key == (None, None) and ordinal < len(self.calls):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import comfy.ldm.hunyuan_video.model
 
-from .base import IMAGE_LAST, NO_IMAGE, CallSite, DiTFamily, unexpected_call
+from .base import IMAGE_LAST, NO_IMAGE, CallSite, DiTFamily, numbered, unexpected_call
 
 
 class HunyuanImageFamily(DiTFamily):
@@ -31,9 +31,9 @@ class HunyuanImageFamily(DiTFamily):
 
     def block_labels(self, diffusion_model) -> list[str]:
         return (
-            [f"token refiner {i}" for i in range(len(diffusion_model.txt_in.individual_token_refiner.blocks))]
-            + [f"double {i}" for i in range(len(diffusion_model.double_blocks))]
-            + [f"single {i}" for i in range(len(diffusion_model.single_blocks))]
+            numbered("token refiner", diffusion_model.txt_in.individual_token_refiner.blocks)
+            + numbered("double", diffusion_model.double_blocks)
+            + numbered("single", diffusion_model.single_blocks)
         )
 
     def call_site(self, key, ordinal, call) -> CallSite:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import comfy.ldm.hunyuan_video.model
 
-from .base import IMAGE_LAST, CallSite, DiTFamily, unexpected_call
+from .base import IMAGE_LAST, CallSite, DiTFamily, numbered, unexpected_call
 
 
 class HunyuanVideoFamily(DiTFamily):
@@ -52,9 +52,7 @@ class HunyuanVideoFamily(DiTFamily):
         self.token_refiners = len(diffusion_model.txt_in.individual_token_refiner.blocks)
 
     def block_labels(self, diffusion_model) -> list[str]:
-        return [f"double {i}" for i in range(len(diffusion_model.double_blocks))] + [
-            f"single {i}" for i in range(len(diffusion_model.single_blocks))
-        ]
+        return numbered("double", diffusion_model.double_blocks) + numbered("single", diffusion_model.single_blocks)
 
     def call_site(self, key, ordinal, call) -> CallSite:
         block_type, index = key
