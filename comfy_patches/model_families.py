@@ -69,7 +69,7 @@ def model_family(model_patcher) -> ModelFamily:
         return ModelFamily(config, OTHER, refusal=reason)
     dit = dit_families.dit_family(model_patcher)
     if dit is not None:
-        labels = tuple(dit_families.block_labels(model_patcher))
+        labels = tuple(dit.block_labels(model_patcher.model.diffusion_model))
         return ModelFamily(dit.name, VIDEO_DIT if dit.video else IMAGE_DIT, dit=dit, block_names=labels)
     blocks = tuple(unet_blocks.transformer_blocks(model_patcher))
     labels = tuple(block.label for block in blocks)

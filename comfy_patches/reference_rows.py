@@ -316,42 +316,53 @@ def _cannot_extend(name: str, value, rows: int) -> ValueError:
     )
 
 
-def _extend_cond(value, rows: int, chunks: int, extra: int, name: str = "input"):
-    """A per-row model input extended for the reference rows: E copies of each chunk's first row.
+def map_per_row(value, rows: int, per_row, cannot, name: str = "input"):
+    """A model input with ``per_row`` applied to each of its per-row tensors (the one rule of which input is per row).
 
     A tensor with ``rows`` rows on its first axis is per-row (any dtype and shape: text masks, pooled vectors,
-    guidance, reference latents of any rank); lists and tuples (e.g. ``ref_latents``) are extended item by item.
+    guidance, reference latents of any rank); lists and tuples (e.g. ``ref_latents``) are mapped item by item.
     Unchanged: a tensor with 1 row (shared by every row), a 0-d tensor, and anything that is not a tensor (Lumina's
-    ``num_tokens``, methods, None). A tensor with any other number of rows cannot be extended: ValueError naming
-    ``name``, never a wrong image.
+    ``num_tokens``, methods, None). A tensor with any other number of rows: ``cannot(name, value, rows)`` is
+    raised, never a wrong image.
     """
     if torch.is_tensor(value):
         if value.ndim == 0 or (value.shape[0] == 1 and rows != 1):
             return value
         if value.shape[0] == rows:
-            return extend_rows(value, chunks, extra)
-        raise _cannot_extend(name, value, rows)
+            return per_row(value)
+        raise cannot(name, value, rows)
     if isinstance(value, (list, tuple)):
-        items = [_extend_cond(item, rows, chunks, extra, f"{name}[{i}]") for i, item in enumerate(value)]
+        items = [map_per_row(item, rows, per_row, cannot, f"{name}[{i}]") for i, item in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     return value
 
 
-def _extend_sigma(t: torch.Tensor, rows: int, chunks: int, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the reference rows' sigmas (chunks, E), ``t`` extended for them): each chunk's first row's sigma.
+def chunk_first_sigmas(t: torch.Tensor, rows: int, chunks: int, cannot) -> tuple[torch.Tensor, bool]:
+    """(the sigma of each chunk's first row, shape (chunks,); whether ``t`` is per row).
 
     ``t`` is per row (``rows`` on its first axis, any trailing shape of one value a row) or one sigma for the
-    whole call (unchanged then). Several values a row (per-token / per-frame noise levels) cannot noise a reference
-    latent: ValueError.
+    whole call. Several values a row (per-token / per-frame noise levels) cannot noise a reference latent:
+    ``cannot("t (sigma)", t, rows)`` is raised.
     """
-    per_chunk = rows // chunks
     if torch.is_tensor(t) and t.ndim > 0 and t.shape[0] == rows and t[0].numel() == 1:
-        first = t[::per_chunk]  # (chunks, ...): each chunk's first row
-        sigmas = first.reshape(chunks, 1).expand(chunks, extra)
-        return sigmas, extend_rows(t, chunks, extra)
+        return t[:: rows // chunks].reshape(chunks), True
     if torch.is_tensor(t) and t.numel() == 1:
-        return t.reshape(1, 1).expand(chunks, extra), t
-    raise _cannot_extend("t (sigma)", t, rows)
+        return t.reshape(1).expand(chunks), False
+    raise cannot("t (sigma)", t, rows)
+
+
+def _extend_cond(value, rows: int, chunks: int, extra: int, name: str = "input"):
+    """A model input extended for the reference rows: E copies of each chunk's first row of every per-row tensor
+    (:func:`map_per_row`); an input that cannot be extended is a ValueError naming ``name``."""
+    return map_per_row(value, rows, lambda tensor: extend_rows(tensor, chunks, extra), _cannot_extend, name)
+
+
+def _extend_sigma(t: torch.Tensor, rows: int, chunks: int, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the reference rows' sigmas (chunks, E), ``t`` extended for them): each chunk's first row's sigma
+    (:func:`chunk_first_sigmas`); one sigma for the whole call stays as it is."""
+    first, per_row = chunk_first_sigmas(t, rows, chunks, _cannot_extend)
+    sigmas = first.reshape(chunks, 1).expand(chunks, extra)
+    return sigmas, extend_rows(t, chunks, extra) if per_row else t
 
 
 def _extend_control(value, rows: int, chunks: int, extra: int):

@@ -76,7 +76,7 @@ FAMILIES: tuple[DiTFamily, ...] = (
 )
 
 __all__ = [
-    "FAMILIES", "IMAGE_LAST", "IMAGE_ONLY", "NO_IMAGE", "TEXT_THEN_IMAGE", "CallSite", "DiTFamily", "block_labels",
+    "FAMILIES", "IMAGE_LAST", "IMAGE_ONLY", "NO_IMAGE", "TEXT_THEN_IMAGE", "CallSite", "DiTFamily",
     "config_names", "dit_family", "unexpected_call",
 ]  # fmt: skip
 
@@ -99,9 +99,3 @@ def dit_family(model_patcher) -> DiTFamily | None:
             if name in family.configs:
                 return family.bind(diffusion_model) if type(diffusion_model) in family.model_classes else None
     return None
-
-
-def block_labels(model_patcher) -> list[str]:
-    """Every block label of a supported diffusion transformer (what ``exclude_blocks`` accepts)."""
-    family = dit_family(model_patcher)
-    return family.block_labels(_diffusion_model(model_patcher)) if family else []

@@ -40,7 +40,7 @@ from ...attention_patches.guidance import GuidanceGroup, Reference, Span
 from ..attention_calls import FallbackNotice
 from ..dit_families import CallSite
 from ..dit_override import AttentionCall, NotUnderstood
-from ..reference_rows import ReferenceRows
+from ..reference_rows import ReferenceRows, chunk_first_sigmas, map_per_row
 from ..step_window import StepWindow
 from .settings import TEMPORAL
 
@@ -137,29 +137,15 @@ def _no_picture_row(name: str, value, rows: int) -> ValueError:
 
 
 def _first_rows(value, rows: int, chunks: int, name: str):
-    """The picture rows' value of a per-row model input: each chunk's first row (Apply RefDrop (Reference
-    Image)'s rule, ``reference_rows._extend_cond``: a tensor with ``rows`` rows is per row; a tensor of one row
-    (shared), a 0-d tensor and anything that is not a tensor are kept; lists / tuples item by item)."""
-    if torch.is_tensor(value):
-        if value.ndim == 0 or (value.shape[0] == 1 and rows != 1):
-            return value
-        if value.shape[0] == rows:
-            return value[:: rows // chunks]
-        raise _no_picture_row(name, value, rows)
-    if isinstance(value, (list, tuple)):
-        items = [_first_rows(item, rows, chunks, f"{name}[{i}]") for i, item in enumerate(value)]
-        return items if isinstance(value, list) else tuple(items)
-    return value
+    """The picture rows' value of a model input: each chunk's first row of every per-row tensor (the rule of Apply
+    RefDrop (Reference Image), :func:`..reference_rows.map_per_row`)."""
+    return map_per_row(value, rows, lambda tensor: tensor[:: rows // chunks], _no_picture_row, name)
 
 
 def _chunk_sigmas(t: torch.Tensor, rows: int, chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma of each chunk's first row (chunks,), the picture rows' ``t``); one sigma for the call is shared."""
-    if torch.is_tensor(t) and t.ndim > 0 and t.shape[0] == rows and t[0].numel() == 1:
-        first = t[:: rows // chunks]
-        return first.reshape(chunks), first
-    if torch.is_tensor(t) and t.numel() == 1:
-        return t.reshape(1).expand(chunks), t
-    raise _no_picture_row("t (sigma)", t, rows)
+    first, per_row = chunk_first_sigmas(t, rows, chunks, _no_picture_row)
+    return first, t[:: rows // chunks] if per_row else t
 
 
 def _picture_concat(c_concat, chunks: int):

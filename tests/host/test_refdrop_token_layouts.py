@@ -116,15 +116,6 @@ def sample_once(name, model, batch):
                         disable_pbar=True)  # fmt: skip
 
 
-def additive(mask, rows, keys):
-    if mask is None:
-        return None
-    flat = mask.reshape(mask.shape[0], -1)[:, -keys:].expand(rows, keys)
-    if flat.dtype == torch.bool:
-        return torch.zeros(flat.shape, dtype=torch.float64).masked_fill(~flat, -torch.inf)
-    return flat.double()
-
-
 def unguided(b, t):
     return []
 
@@ -144,7 +135,9 @@ def check_calls(name, calls, guidance_for, multiple=None):
             with_image += start is not None
             guidance = guidance_for(q.shape[0] // len(order), start, tokens)
         qd, kd, vd = q.double(), k.double(), v.double()
-        expected = reference.direct_guidance(qd, kd, vd, heads, guidance, layout, additive(mask, q.shape[0], tokens))
+        expected = reference.direct_guidance(
+            qd, kd, vd, heads, guidance, layout, reference.additive_key_mask(mask, q.shape[0], tokens)
+        )
         if layout == "heads" and not skip_output_reshape:
             expected = expected.transpose(1, 2).reshape(q.shape[0], tokens, -1)
         torch.testing.assert_close(out.double(), expected, rtol=2e-4, atol=2e-4)
@@ -249,7 +242,7 @@ def test_in_batch_regions_leave_non_image_tokens_and_text_only_calls_plain():
     for q, k, v, heads, mask, skip_reshape, _, out, _ in text_only:
         layout = "heads" if skip_reshape else "flat"
         plain = reference.direct_guidance(q.double(), k.double(), v.double(), heads, lambda b, t: [], layout,
-                                          additive(mask, q.shape[0], q.shape[2 if skip_reshape else 1]))  # fmt: skip
+                                          reference.additive_key_mask(mask, q.shape[0], q.shape[2 if skip_reshape else 1]))  # fmt: skip
         if layout == "heads":
             plain = plain.transpose(1, 2).reshape(out.shape)
         torch.testing.assert_close(out.double(), plain, rtol=2e-4, atol=2e-4)

@@ -75,15 +75,6 @@ def sample_once(name, model, batch=2, frames=FRAMES, cfg=1.0, denoised=None, den
                                denoise=denoise, callback=callback, disable_pbar=True)  # fmt: skip
 
 
-def additive(mask, rows, keys):
-    if mask is None:
-        return None
-    flat = mask.reshape(mask.shape[0], -1)[:, -keys:].expand(rows, keys)
-    if flat.dtype == torch.bool:
-        return torch.zeros(flat.shape, dtype=torch.float64).masked_fill(~flat, -torch.inf)
-    return flat.double()
-
-
 @pytest.mark.parametrize("reference_frame", [0, 2])
 def test_every_self_attention_call_follows_temporal_eq5(family, reference_frame):
     name, model = family
@@ -114,7 +105,7 @@ def test_every_self_attention_call_follows_temporal_eq5(family, reference_frame)
             return [(b, keys, c)] if t in video and t not in frame_r else []
 
         expected = reference.direct_guidance(q.double(), k.double(), v.double(), heads, guidance, layout,
-                                             additive(mask, q.shape[0], tokens))  # fmt: skip
+                                             reference.additive_key_mask(mask, q.shape[0], tokens))  # fmt: skip
         if layout == "heads" and not skip_output_reshape:
             expected = expected.transpose(1, 2).reshape(q.shape[0], tokens, -1)
         torch.testing.assert_close(out.double(), expected, rtol=2e-4, atol=2e-4)

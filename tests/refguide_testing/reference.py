@@ -94,3 +94,14 @@ def in_batch_guidance(per_chunk: int, references, coefficients, leading: int = 0
         return listed
 
     return guidance
+
+
+def additive_key_mask(mask, rows: int, keys: int):
+    """A model call's attention mask (as ComfyUI passes it) as the additive (rows, keys) float64 key mask
+    :func:`direct_guidance` takes: one key row per batch row (the last ``keys`` entries), booleans as 0 / -inf."""
+    if mask is None:
+        return None
+    flat = mask.reshape(mask.shape[0], -1)[:, -keys:].expand(rows, keys)
+    if flat.dtype == torch.bool:
+        return torch.zeros(flat.shape, dtype=torch.float64).masked_fill(~flat, -torch.inf)
+    return flat.double()
