@@ -91,6 +91,26 @@ PICTURE_PROMPTS = "\n".join(
 REFERENCE_PICTURE = "refdrop_reference_character.png"
 
 
+def one_prompt_sampling(wf: Workflow, model: int, clip: int, vae: int, text: str, guidance: float, latent,
+                        prefix: str) -> None:  # fmt: skip
+    """One prompt -> FluxGuidance (negative zeroed) -> KSampler (cfg 1, euler/simple, 20 steps) on ``latent`` (its
+    node type and widgets) -> decode -> save (auto-placed; Flux 1 and Flux 2 alike)."""
+    prompt = wf.add("CLIPTextEncode", None, [text], {"clip": (clip, 0)}, size=(420, 160))
+    positive = wf.add("FluxGuidance", None, [guidance], {"conditioning": (prompt, 0)}, size=(320, 60))
+    negative = wf.add("ConditioningZeroOut", None, [], {"conditioning": (prompt, 0)}, size=(320, 30))
+    latent_kind, latent_widgets = latent
+    latent_node = wf.add(latent_kind, None, latent_widgets, size=(320, 110))
+    sampler = wf.add(
+        "KSampler",
+        None,
+        [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
+        {"model": (model, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent_node, 0)},
+        size=(320, 270),
+    )
+    decode = wf.add("VAEDecode", None, [], {"samples": (sampler, 0), "vae": (vae, 0)}, size=(200, 50))
+    wf.add("SaveImage", None, [prefix], {"images": (decode, 0)}, size=(520, 560))
+
+
 def character_from_picture() -> Workflow:
     OUTPUTS.update(FLUX_OUTPUTS)
     wf = Workflow()
@@ -149,19 +169,8 @@ def two_characters() -> Workflow:
         {"model": (unet, 0), "vae": (vae, 0), "image": (images, 0), "regions": (regions, 0)}, size=(340, 320),
         group="RefDrop",
     )  # fmt: skip
-    prompt = wf.add("CLIPTextEncode", None, [TWO_CHARACTERS_PROMPT], {"clip": (clip, 0)}, size=(420, 160))
-    positive = wf.add("FluxGuidance", None, [3.5], {"conditioning": (prompt, 0)}, size=(320, 60))
-    negative = wf.add("ConditioningZeroOut", None, [], {"conditioning": (prompt, 0)}, size=(320, 30))
-    latent = wf.add("EmptySD3LatentImage", None, [width, height, 2], size=(320, 110))
-    sampler = wf.add(
-        "KSampler",
-        None,
-        [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
-        {"model": (refdrop, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
-        size=(320, 270),
-    )
-    decode = wf.add("VAEDecode", None, [], {"samples": (sampler, 0), "vae": (vae, 0)}, size=(200, 50))
-    wf.add("SaveImage", None, ["RefDrop_flux_two_characters"], {"images": (decode, 0)}, size=(520, 560))
+    one_prompt_sampling(wf, refdrop, clip, vae, TWO_CHARACTERS_PROMPT, 3.5, ("EmptySD3LatentImage", [width, height, 2]),
+                        "RefDrop_flux_two_characters")  # fmt: skip
     wf.note(
         None,
         "## RefDrop on Flux: two characters in one image\n\n"

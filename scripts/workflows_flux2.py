@@ -4,6 +4,7 @@ loaded as ComfyUI's Flux 2 template loads it (UNETLoader + CLIPLoader `flux2` + 
 from __future__ import annotations
 
 from workflow_builder import FLUX2_FILES, Workflow
+from workflows_flux import one_prompt_sampling
 
 PROMPT = (
     "photo of a young woman with short red hair and freckles, green wool coat, reading a book in a cozy cafe, "
@@ -22,19 +23,8 @@ def consistent_character() -> Workflow:
     vae = wf.add("VAELoader", None, [vae_file["name"]], size=(340, 60), models=[vae_file])
     refdrop = wf.add("ApplyRefDrop", None, [0.3, 1, False, "", "", 0.0, 1.0], {"model": (unet, 0)},
                      size=(340, 250))  # fmt: skip
-    prompt = wf.add("CLIPTextEncode", None, [PROMPT], {"clip": (clip, 0)}, size=(420, 160))
-    positive = wf.add("FluxGuidance", None, [4.0], {"conditioning": (prompt, 0)}, size=(320, 60))
-    negative = wf.add("ConditioningZeroOut", None, [], {"conditioning": (prompt, 0)}, size=(320, 30))
-    latent = wf.add("EmptyFlux2LatentImage", None, [SIZE, SIZE, BATCH], size=(320, 110))
-    sampler = wf.add(
-        "KSampler",
-        None,
-        [42, "fixed", 20, 1.0, "euler", "simple", 1.0],
-        {"model": (refdrop, 0), "positive": (positive, 0), "negative": (negative, 0), "latent_image": (latent, 0)},
-        size=(320, 270),
-    )
-    decode = wf.add("VAEDecode", None, [], {"samples": (sampler, 0), "vae": (vae, 0)}, size=(200, 50))
-    wf.add("SaveImage", None, ["RefDrop_flux2_consistent"], {"images": (decode, 0)}, size=(520, 560))
+    one_prompt_sampling(wf, refdrop, clip, vae, PROMPT, 4.0, ("EmptyFlux2LatentImage", [SIZE, SIZE, BATCH]),
+                        "RefDrop_flux2_consistent")  # fmt: skip
     wf.note(
         None,
         "## RefDrop on Flux 2: consistent character\n\n"
